@@ -1,0 +1,143 @@
+"""SpacTor's loss terms as small pure functions that return `(loss, metrics)`.
+
+Eq. 9 of the paper: L = L_G + λ1·L_RTD + λ2·L_SC. Each term is its own function so that a trainer (or t5x's
+`loss_fn`) combines them with weights instead of branching on flags. Shapes are in the names: B batch,
+L encoder length, T decoder length, V vocabulary.
+
+Conventions:
+- Losses are means over their own support: L_SC over target tokens, L_G over [M] positions, L_RTD over every
+  non-padding encoder position (ELECTRA's choice).
+- The RTD logit is the log-odds that a token was *replaced* (ELECTRA's sign); the paper's Eq. 5 writes the
+  probability of "original", which is the same loss with the sign of the logit flipped.
+- Metrics are sums and counts (`*_sum`, `*_count`) so that they average correctly across batches and hosts;
+  `summarize` turns them into means.
+"""
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+
+Metrics = dict[str, jax.Array]
+
+
+def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, z_loss: float = 0.0):
+  """Per-token softmax cross-entropy in float32, plus T5's z-loss on the log-partition."""
+  logits = logits_BxTxV.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
+  return (log_z - target_logit) + z_loss * jnp.square(log_z)
+
+
+def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def _accuracy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
+  return jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+
+
+def sc_loss(logits_BxTxV, targets_BxT, weights_BxT, z_loss: float = 1e-4, prefix: str = 'sc'):
+  """L_SC (Eq. 8): the decoder's cross-entropy on span-corruption targets, mean over target tokens."""
+  weights = weights_BxT.astype(jnp.float32)
+  per_token = token_cross_entropy(logits_BxTxV, targets_BxT, z_loss)
+  loss = _weighted_mean(per_token, weights)
+  nll = token_cross_entropy(logits_BxTxV, targets_BxT) * weights
+  metrics = {
+      f'{prefix}_loss_sum': jnp.sum(nll),
+      f'{prefix}_accuracy_sum': _accuracy_sum(logits_BxTxV, targets_BxT, weights),
+      f'{prefix}_count': jnp.sum(weights),
+  }
+  return loss, metrics
+
+
+def generator_loss(logits_BxLxV, clean_BxL, mlm_mask_BxL):
+  """L_G (Eq. 4): the generator's MLM cross-entropy at the [M] positions, mean over them."""
+  weights = mlm_mask_BxL.astype(jnp.float32)
+  per_token = token_cross_entropy(logits_BxLxV, clean_BxL)
+  metrics = {
+      'gen_loss_sum': jnp.sum(per_token * weights),
+      'gen_accuracy_sum': _accuracy_sum(logits_BxLxV, clean_BxL, weights),
+      'gen_count': jnp.sum(weights),
+  }
+  return _weighted_mean(per_token, weights), metrics
+
+
+def restrict_vocab(logits_BxLxV: jax.Array, allowed_V: jax.Array) -> jax.Array:
+  """Removes ids the generator must never produce (pad, EOS, sentinels, [M], unused padding ids).
+
+  Without it an untrained generator writes sentinels and [M] into the discriminator's input, which has no
+  meaning there. The same restriction is used for L_G and for sampling, so the generator is trained on the
+  distribution it samples from.
+  """
+  return jnp.where(allowed_V, logits_BxLxV, jnp.finfo(logits_BxLxV.dtype).min)
+
+
+def allowed_generator_ids(model_vocab_size: int, num_pieces: int) -> jax.Array:
+  """Ids a generator may sample: SentencePiece pieces from UNK (2) up, no pad/EOS, sentinels or [M]."""
+  ids = jnp.arange(model_vocab_size)
+  return (ids >= 2) & (ids < num_pieces)
+
+
+def sample_replacements(rng, gen_logits_BxLxV, input_BxL, clean_BxL, mlm_mask_BxL):
+  """Fills each [M] with a token sampled from the generator (temperature 1, Gumbel-max).
+
+  The sample is not differentiated through (ELECTRA): no gradient reaches the generator from L_RTD or L_SC.
+  A position counts as replaced only where the sample differs from the original token, so a generator that
+  guesses right produces a "real" label.
+
+  Returns:
+    filled_BxL: X̂_c, the discriminator's encoder input.
+    replaced_BxL: bool, True where filled differs from the clean token.
+  """
+  sampled = jax.random.categorical(rng, jax.lax.stop_gradient(gen_logits_BxLxV).astype(jnp.float32))
+  mask = mlm_mask_BxL.astype(bool)
+  filled = jnp.where(mask, sampled.astype(input_BxL.dtype), input_BxL)
+  replaced = mask & (filled != clean_BxL)
+  return filled, replaced
+
+
+def rtd_loss(rtd_logits_BxL, replaced_BxL, nonpad_BxL, mlm_mask_BxL):
+  """L_RTD (Eq. 6): sigmoid cross-entropy of "replaced" over every non-padding encoder position."""
+  labels = replaced_BxL.astype(jnp.float32)
+  weights = nonpad_BxL.astype(jnp.float32)
+  logits = rtd_logits_BxL.astype(jnp.float32)
+  per_token = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+  predicted = logits > 0
+  correct = (predicted == replaced_BxL) * weights
+  mlm_weights = mlm_mask_BxL.astype(jnp.float32)
+  metrics = {
+      'rtd_loss_sum': jnp.sum(per_token * weights),
+      'rtd_accuracy_sum': jnp.sum(correct),
+      'rtd_count': jnp.sum(weights),
+      # Replaced tokens among the [M] positions: falls as the generator gets better (ELECTRA's starvation).
+      'replaced_sum': jnp.sum(labels * mlm_weights),
+      'replaced_count': jnp.sum(mlm_weights),
+      # Recall on replaced tokens: the accuracy that matters, since most tokens are original.
+      'rtd_recall_sum': jnp.sum(predicted * labels * weights),
+      'rtd_recall_count': jnp.sum(labels * weights),
+  }
+  return _weighted_mean(per_token, weights), metrics
+
+
+def combine(terms: Mapping[str, tuple[float, jax.Array]]):
+  """Σ weight·loss over named terms; returns the total and each weighted term as a metric."""
+  total = sum(weight * loss for weight, loss in terms.values())
+  metrics = {f'{name}_term': weight * loss for name, (weight, loss) in terms.items()}
+  return total, metrics
+
+
+def summarize(metrics: Mapping[str, float]) -> dict[str, float]:
+  """Turns `x_sum` / `x_count` pairs into means `x`, keeping every other scalar as it is."""
+  out = {}
+  for key, value in metrics.items():
+    if key.endswith('_sum'):
+      base = key[:-len('_sum')]
+      own_count = f'{base}_count'
+      count_key = own_count if own_count in metrics else base.rsplit('_', 1)[0] + '_count'
+      count = metrics.get(count_key)
+      if count is not None:
+        out[base] = float(value) / max(float(count), 1.0)
+    elif not key.endswith('_count'):
+      out[key] = float(value)
+  return out
