@@ -1,0 +1,550 @@
+"""SpacTor-T5 in Flax linen: a T5 encoder-decoder (the discriminator D), the generator G and the RTD head.
+
+The T5 follows t5x/examples/t5 (layer and parameter names, 2-D attention kernels, initializers), so t5x's
+EncoderDecoderModel can drive `SpacTor` and t5x's Adafactor finds a factor rule for every parameter. Differences
+from t5x's network, each for a reason:
+- relative position biases are computed once per stack and shared by its layers, as in the T5 paper;
+- the untied output projection is the top-level param `logits_dense` (t5x nests it in `decoder`), so the stage
+  switch keeps exactly the top-level keys of a plain T5 (docs/design.md);
+- token embedding is a gather, not a one-hot matmul (a one-hot of [batch, length, 32128] is waste on CPU and GPU;
+  XLA partitions gathers of a vocab-sharded table).
+
+Stage 1 (generator and rtd_head configs given) adds the params `generator` and `rtd_head`; with both None the
+model is a plain T5 (the SC baseline and stage 2). `__call__` never touches stage-1 modules, so
+`model.init(rng, enc, dec, tgt)` creates a plain T5's params; use `method=SpacTor.init_all` to create all.
+"""
+import dataclasses
+import functools
+import math
+import operator
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+from spactor.config import GeneratorConfig, RTDHeadConfig, T5Config
+
+Array = jax.Array
+param_with_axes = nn_partitioning.param_with_axes
+constrain = nn_partitioning.with_sharding_constraint
+
+NEG_INF = -1e10  # additive bias of a masked attention logit; finite, so fully masked rows stay NaN-free
+
+# Initializers of t5x/examples/t5.
+embedding_init = nn.initializers.normal(stddev=1.0)
+attention_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal')
+dense_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+relpos_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+  return (lambda x: x) if name == 'linear' else getattr(nn, name)
+
+
+def _expand_to(x: Array, ndim: int) -> Array:
+  """Leading singleton axes so a [features] vector broadcasts without rank promotion."""
+  return x.reshape((1,) * (ndim - x.ndim) + x.shape)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Masks (boolean, [batch, 1, q_len, k_len]) and their additive biases.
+# ---------------------------------------------------------------------------------------------------------------
+def attention_mask(query_input: Array, key_input: Array, pairwise_fn=jnp.logical_and) -> Array:
+  """[batch, 1, q, k] mask from per-position [batch, q] and [batch, k] inputs."""
+  return pairwise_fn(query_input[:, :, None], key_input[:, None, :])[:, None]
+
+
+def encoder_self_mask(tokens: Array, segment_ids: Optional[Array] = None) -> Array:
+  """Padding (token id 0) plus, for packed rows, attention only within a segment."""
+  mask = attention_mask(tokens > 0, tokens > 0)
+  if segment_ids is not None:
+    mask = mask & attention_mask(segment_ids, segment_ids, jnp.equal)
+  return mask
+
+
+def causal_mask(length: int) -> Array:
+  """[1, 1, length, length]: a query sees itself and earlier keys."""
+  return jnp.asarray(np.tril(np.ones((length, length), dtype=bool)))[None, None]
+
+
+def decoder_self_mask(target_tokens: Array, segment_ids: Optional[Array] = None) -> Array:
+  """Causal, padding (of the targets: input tokens start with a 0 BOS) and packing mask."""
+  mask = causal_mask(target_tokens.shape[-1]) & attention_mask(target_tokens > 0, target_tokens > 0)
+  if segment_ids is not None:
+    mask = mask & attention_mask(segment_ids, segment_ids, jnp.equal)
+  return mask
+
+
+def cross_mask(target_tokens: Array, input_tokens: Array, target_segment_ids: Optional[Array] = None,
+               input_segment_ids: Optional[Array] = None) -> Array:
+  mask = attention_mask(target_tokens > 0, input_tokens > 0)
+  if input_segment_ids is not None:
+    mask = mask & attention_mask(target_segment_ids, input_segment_ids, jnp.equal)
+  return mask
+
+
+def mask_to_bias(mask: Array, dtype) -> Array:
+  return jnp.where(mask, 0.0, NEG_INF).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Relative position buckets (T5).
+# ---------------------------------------------------------------------------------------------------------------
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool = True, num_buckets: int = 32,
+                             max_distance: int = 128) -> np.ndarray:
+  """T5's bucket of each relative position (key position - query position); static numpy.
+
+  Half the buckets are exact small distances, the rest log-spaced up to max_distance; bidirectional splits the
+  buckets between keys before and after the query, unidirectional maps all keys after the query to bucket 0.
+  Computed with numpy at trace time, so full and step-by-step decoding share one table bit for bit.
+  """
+  n = -np.asarray(relative_position, dtype=np.int32)
+  bucket = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  with np.errstate(divide='ignore'):
+    scaled = (np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+              / np.log(max_distance / max_exact) * (num_buckets - max_exact))
+  large = np.minimum(max_exact + scaled.astype(np.int32), num_buckets - 1)
+  return bucket + np.where(n < max_exact, n, large)
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-head learned bias for each relative position bucket, added to the attention logits."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.rel_embedding = param_with_axes('rel_embedding', relpos_init, (self.num_heads, self.num_buckets),
+                                         jnp.float32, axes=('heads', 'relpos_buckets'))
+
+  def _per_distance(self, q_len: int, k_len: int, bidirectional: bool) -> Array:
+    """[heads, q_len + k_len - 1]: the bias of distance d = key - query sits at index d + q_len - 1."""
+    buckets = relative_position_bucket(np.arange(1 - q_len, k_len), bidirectional, self.num_buckets,
+                                       self.max_distance)
+    one_hot = (buckets[None, :] == np.arange(self.num_buckets)[:, None]).astype(np.float32)
+    return jnp.dot(self.rel_embedding, one_hot).astype(self.dtype)  # a matmul, so 'heads' may be sharded
+
+  def __call__(self, q_len: int, k_len: int, bidirectional: bool = True) -> Array:
+    """[1, heads, q_len, k_len] for queries and keys at positions 0..len-1."""
+    per_distance = self._per_distance(q_len, k_len, bidirectional)
+    index = np.arange(k_len)[None, :] - np.arange(q_len)[:, None] + q_len - 1
+    return jnp.take(per_distance, index, axis=1)[None]
+
+  def step(self, query_index: Array, length: int, bidirectional: bool = False) -> Array:
+    """[1, heads, 1, length]: the row of `__call__(length, length)` for one (traced) query position."""
+    per_distance = self._per_distance(length, length, bidirectional)
+    row = lax.dynamic_slice_in_dim(per_distance, length - 1 - query_index, length, axis=1)
+    return row[None, :, None, :]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers.
+# ---------------------------------------------------------------------------------------------------------------
+class LayerNorm(nn.Module):
+  """T5's layer norm: RMS scaling, no mean subtraction and no bias."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    scale = param_with_axes('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32, axes=('embed',))
+    y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (y * _expand_to(scale, y.ndim)).astype(self.dtype)
+
+
+class DenseGeneral(nn.Module):
+  """Linear map of the trailing `contract_dims` input axes to `features`; 2-D float32 kernel as t5x stores it."""
+  features: Tuple[int, ...]
+  kernel_axes: Tuple[str, str]
+  contract_dims: int = 1
+  kernel_init: Callable = dense_kernel_init
+  use_bias: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.contract_dims:]
+    kernel = param_with_axes('kernel', self.kernel_init, (math.prod(in_shape), math.prod(self.features)),
+                             jnp.float32, axes=self.kernel_axes)
+    kernel = kernel.astype(self.dtype).reshape(in_shape + tuple(self.features))
+    x_axes = tuple(range(x.ndim - self.contract_dims, x.ndim))
+    y = lax.dot_general(x.astype(self.dtype), kernel, ((x_axes, tuple(range(self.contract_dims))), ((), ())))
+    if self.use_bias:
+      bias = param_with_axes('bias', nn.initializers.zeros, (math.prod(self.features),), jnp.float32,
+                             axes=self.kernel_axes[-1:])
+      y = y + _expand_to(bias.astype(self.dtype).reshape(tuple(self.features)), y.ndim)
+    return y
+
+
+def dropout(x: Array, rate: float, deterministic: bool, broadcast_length: bool = True) -> Array:
+  """T5's dropout: one mask per example and feature, shared along the length axis (-2)."""
+  return nn.Dropout(rate=rate, broadcast_dims=(-2,) if broadcast_length else ())(x, deterministic=deterministic)
+
+
+class Embed(nn.Module):
+  """The token embedding table shared by D's encoder, D's decoder and G; `attend` gives tied logits."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = param_with_axes('embedding', embedding_init, (self.num_embeddings, self.features),
+                                     jnp.float32, axes=('vocab', 'embed'))
+
+  def __call__(self, token_ids: Array) -> Array:
+    x = jnp.take(self.embedding, token_ids.astype(jnp.int32), axis=0).astype(self.dtype)
+    return constrain(x, ('batch', 'length', 'embed'))
+
+  def attend(self, query: Array) -> Array:
+    """[..., features] -> [..., num_embeddings] float32 dot products with every embedding."""
+    return jnp.einsum('...d,vd->...v', query.astype(jnp.float32), self.embedding)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head dot-product attention with additive biases; `decode=True` keeps a key/value cache.
+
+  As in T5 the logits are not divided by sqrt(head_dim): that factor is folded into the query initializer.
+  Cache: 'cached_key' and 'cached_value' [batch, max_length, heads, head_dim]. The call that creates them (on the
+  full-length input) runs plain attention; later calls pass `decode_index` and exactly one query position,
+  whose key and value are written at that index.
+  """
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  float32_logits: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, biases: Sequence[Array], *, deterministic: bool,
+               decode: bool = False, decode_index: Optional[Array] = None) -> Array:
+    project = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
+                                kernel_axes=('embed', 'joined_kv'), dtype=self.dtype)
+    query_init = lambda *args: attention_kernel_init(*args) / np.sqrt(self.head_dim).astype(np.float32)
+    qkv_axes = ('batch', 'length', 'heads', 'kv')
+    query = constrain(project(kernel_init=query_init, name='query')(inputs_q), qkv_axes)
+    key = constrain(project(kernel_init=attention_kernel_init, name='key')(inputs_kv), qkv_axes)
+    value = constrain(project(kernel_init=attention_kernel_init, name='value')(inputs_kv), qkv_axes)
+
+    if decode:
+      key, value = self._use_cache(key, value, decode_index)
+
+    if self.float32_logits:
+      query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+    for bias in biases:
+      logits = logits + bias.astype(logits.dtype)
+    weights = jax.nn.softmax(logits).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0.0:
+      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
+                                  weights.shape[:2] + (1,) + weights.shape[3:])  # shared across queries
+      weights = weights * (keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype))
+    x = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    return DenseGeneral(features=(inputs_q.shape[-1],), kernel_axes=('joined_kv', 'embed'), contract_dims=2,
+                        kernel_init=attention_kernel_init, dtype=self.dtype, name='out')(x)
+
+  def _use_cache(self, key: Array, value: Array, decode_index: Optional[Array]) -> Tuple[Array, Array]:
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+    if decode_index is None:  # the call that creates the cache
+      return key, value
+    if key.shape[1] != 1:
+      raise ValueError(f'cached decoding takes one position per call, got length {key.shape[1]}')
+    cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, decode_index, axis=1)
+    cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, decode_index, axis=1)
+    return cached_key.value, cached_value.value
+
+
+class MlpBlock(nn.Module):
+  """T5 feed-forward: ('relu',) is T5.1.0; ('gelu', 'linear') multiplies two projections (T5.1.1 gated GELU)."""
+  mlp_dim: int
+  activations: Tuple[str, ...] = ('relu',)
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    hidden = []
+    for i, name in enumerate(self.activations):
+      dense = DenseGeneral(features=(self.mlp_dim,), kernel_axes=('embed', 'mlp'), dtype=self.dtype,
+                           name='wi' if len(self.activations) == 1 else f'wi_{i}')
+      hidden.append(activation_fn(name)(dense(x)))
+    h = functools.reduce(operator.mul, hidden)
+    h = constrain(dropout(h, self.dropout_rate, deterministic), ('batch', 'length', 'mlp'))
+    return DenseGeneral(features=(x.shape[-1],), kernel_axes=('mlp', 'embed'), dtype=self.dtype, name='wo')(h)
+
+
+def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
+  return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
+                            float32_logits=cfg.float32_attention_logits, dtype=jnp.dtype(cfg.dtype), name=name)
+
+
+def _mlp(cfg: T5Config) -> MlpBlock:
+  return MlpBlock(mlp_dim=cfg.mlp_dim, activations=cfg.mlp_activations, dropout_rate=cfg.dropout_rate,
+                  dtype=jnp.dtype(cfg.dtype), name='mlp')
+
+
+def _relpos(cfg: T5Config) -> RelativePositionBiases:
+  return RelativePositionBiases(num_buckets=cfg.relative_attention_num_buckets,
+                                max_distance=cfg.relative_attention_max_distance, num_heads=cfg.num_heads,
+                                dtype=jnp.dtype(cfg.dtype), name='relpos_bias')
+
+
+def _residual(x: Array, y: Array, cfg: T5Config, deterministic: bool) -> Array:
+  return constrain(x + dropout(y, cfg.dropout_rate, deterministic), ('batch', 'length', 'embed'))
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, biases: Sequence[Array], deterministic: bool) -> Array:
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    y = LayerNorm(dtype=dtype, name='pre_attention_layer_norm')(x)
+    x = _residual(x, _attention(cfg, 'attention')(y, y, biases, deterministic=deterministic), cfg, deterministic)
+    y = LayerNorm(dtype=dtype, name='pre_mlp_layer_norm')(x)
+    return _residual(x, _mlp(cfg)(y, deterministic), cfg, deterministic)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_biases: Sequence[Array], cross_biases: Sequence[Array],
+               deterministic: bool, decode: bool, decode_index: Optional[Array]) -> Array:
+    cfg, dtype = self.config, jnp.dtype(self.config.dtype)
+    y = LayerNorm(dtype=dtype, name='pre_self_attention_layer_norm')(x)
+    y = _attention(cfg, 'self_attention')(y, y, self_biases, deterministic=deterministic, decode=decode,
+                                          decode_index=decode_index)
+    x = _residual(x, y, cfg, deterministic)
+    y = LayerNorm(dtype=dtype, name='pre_cross_attention_layer_norm')(x)
+    y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, cross_biases, deterministic=deterministic)
+    x = _residual(x, y, cfg, deterministic)
+    y = LayerNorm(dtype=dtype, name='pre_mlp_layer_norm')(x)
+    return _residual(x, _mlp(cfg)(y, deterministic), cfg, deterministic)
+
+
+class Encoder(nn.Module):
+  """Bidirectional stack (D's encoder, and G's body): tokens -> normalized hidden states."""
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    length = tokens.shape[-1]
+    biases = (_relpos(cfg)(length, length, bidirectional=True), mask_bias)
+    x = dropout(self.shared_embedding(tokens), cfg.dropout_rate, deterministic)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, biases, deterministic)
+    x = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='encoder_norm')(x)
+    return dropout(x, cfg.dropout_rate, deterministic, broadcast_length=False)
+
+
+class Decoder(nn.Module):
+  """Causal stack with cross-attention: decoder input tokens -> normalized hidden states.
+
+  decode=True: the first call (full-length input, no cache yet) creates the cache with `cache_index` 0; each
+  later call takes one token, attends to the cached positions <= cache_index and advances it.
+  """
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded: Array, decoder_input_tokens: Array, self_mask_bias: Array, cross_mask_bias: Array,
+               deterministic: bool, decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+    cfg = self.config
+    relpos = _relpos(cfg)
+    stepping = decode and self.has_variable('cache', 'cache_index')
+    decode_index = None
+    if stepping:
+      length = self._cache_length(max_decode_length)
+      index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+      decode_index = index.value
+      step_mask = (jnp.arange(length) <= decode_index)[None, None, None, :]
+      self_biases = (relpos.step(decode_index, length, bidirectional=False),
+                     mask_to_bias(step_mask, jnp.dtype(cfg.dtype)))
+      index.value = decode_index + 1
+    else:
+      if decode:
+        self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+      length = decoder_input_tokens.shape[-1]
+      self_biases = (relpos(length, length, bidirectional=False), self_mask_bias)
+
+    y = dropout(self.shared_embedding(decoder_input_tokens), cfg.dropout_rate, deterministic)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_biases, (cross_mask_bias,), deterministic,
+                                                decode, decode_index)
+    y = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='decoder_norm')(y)
+    return dropout(y, cfg.dropout_rate, deterministic)
+
+  def _cache_length(self, max_decode_length: Optional[int]) -> int:
+    cached = self.variables['cache']['layers_0']['self_attention']['cached_key'].shape[1]
+    if max_decode_length is not None and max_decode_length != cached:
+      raise ValueError(f'max_decode_length={max_decode_length} but the cache holds {cached} positions')
+    return cached
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage-1 heads.
+# ---------------------------------------------------------------------------------------------------------------
+def generator_stack_config(config: T5Config, generator: GeneratorConfig) -> T5Config:
+  """G's encoder: D's width, activations, dropout and relative attention; G's depth, MLP width and heads."""
+  return dataclasses.replace(config, num_encoder_layers=generator.num_layers, mlp_dim=generator.mlp_dim,
+                             num_heads=generator.num_heads or config.num_heads,
+                             head_dim=generator.head_dim or config.head_dim)
+
+
+class Generator(nn.Module):
+  """G: encoder-only stack on the shared embedder, then W^G (or ELECTRA's tied output plus a bias)."""
+  config: T5Config
+  generator: GeneratorConfig
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool) -> Array:
+    cfg = generator_stack_config(self.config, self.generator)
+    h = Encoder(cfg, self.shared_embedding, name='encoder')(tokens, mask_bias, deterministic)
+    if self.generator.tied_output:
+      bias = param_with_axes('logits_bias', nn.initializers.zeros, (cfg.vocab_size,), jnp.float32, axes=('vocab',))
+      logits = self.shared_embedding.attend(h) / np.sqrt(cfg.emb_dim) + _expand_to(bias, h.ndim)
+    else:
+      logits = DenseGeneral(features=(cfg.vocab_size,), kernel_axes=('embed', 'vocab'), dtype=jnp.float32,
+                            name='logits_dense')(h)
+    return constrain(logits, ('batch', 'length', 'vocab'))
+
+
+class RTDHead(nn.Module):
+  """f in Eq. (5): dense(mlp_dim, activation) -> dense(1); a logit per position, > 0 meaning 'original'."""
+  config: RTDHeadConfig
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, encoded: Array) -> Array:
+    h = DenseGeneral(features=(self.config.mlp_dim,), kernel_axes=('embed', 'mlp'), use_bias=True,
+                     dtype=self.dtype, name='hidden')(encoded)
+    h = constrain(activation_fn(self.config.activation)(h), ('batch', 'length', 'mlp'))
+    # A vector, not a [mlp, 1] kernel: no logical axis name exists for a size-1 output dimension. No output bias
+    # either (a scalar has no axis to name); the hidden layer's bias can carry the class prior.
+    w = param_with_axes('output_kernel', nn.initializers.normal(stddev=self.config.mlp_dim ** -0.5),
+                        (self.config.mlp_dim,), jnp.float32, axes=('mlp',))
+    return jnp.einsum('blm,m->bl', h.astype(jnp.float32), w)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------------------------------------------
+class SpacTor(nn.Module):
+  """T5 discriminator D plus, in stage 1, generator G and RTD head; methods mirror t5x's network.Transformer.
+
+  Positions (encoder_positions, decoder_positions, positions) are accepted for t5x's interface and ignored: T5's
+  relative attention needs only the order within a row, and packing masks keep segments apart.
+  """
+  config: T5Config
+  generator: Optional[GeneratorConfig] = None
+  rtd_head: Optional[RTDHeadConfig] = None
+
+  def setup(self):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    self.token_embedder = Embed(num_embeddings=cfg.vocab_size, features=cfg.emb_dim, dtype=dtype)
+    self.encoder = Encoder(cfg, self.token_embedder)
+    self.decoder = Decoder(cfg, self.token_embedder)
+    if not cfg.logits_via_embedding:
+      self.logits_dense = DenseGeneral(features=(cfg.vocab_size,), kernel_axes=('embed', 'vocab'),
+                                       dtype=jnp.float32)
+    if self.generator is not None:
+      self.generator_net = Generator(cfg, self.generator, self.token_embedder, name='generator')
+    if self.rtd_head is not None:
+      self.rtd_net = RTDHead(self.rtd_head, dtype=dtype, name='rtd_head')
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, enable_dropout=True):
+    """[batch, length] tokens -> [batch, length, emb_dim] encoder output."""
+    del encoder_positions
+    mask = encoder_self_mask(encoder_input_tokens, encoder_segment_ids)
+    return self.encoder(encoder_input_tokens, mask_to_bias(mask, jnp.dtype(self.config.dtype)),
+                        deterministic=not enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None, enable_dropout=True,
+             decode=False, max_decode_length=None):
+    """Decoder logits [batch, length, vocab] (float32); decode=True uses the 'cache' collection."""
+    del decoder_positions
+    dtype = jnp.dtype(self.config.dtype)
+    if decode:
+      if encoder_segment_ids is not None:
+        raise ValueError('packed inputs (encoder_segment_ids) cannot be used with decode=True')
+      self_mask = causal_mask(decoder_input_tokens.shape[-1])
+      enc_dec_mask = cross_mask(jnp.ones_like(decoder_target_tokens), encoder_input_tokens)
+    else:
+      self_mask = decoder_self_mask(decoder_target_tokens, decoder_segment_ids)
+      enc_dec_mask = cross_mask(decoder_target_tokens, encoder_input_tokens, decoder_segment_ids,
+                                encoder_segment_ids)
+    y = self.decoder(encoded, decoder_input_tokens, mask_to_bias(self_mask, dtype), mask_to_bias(enc_dec_mask, dtype),
+                     deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
+    return self._output_logits(y)
+
+  def _output_logits(self, y: Array) -> Array:
+    if self.config.logits_via_embedding:
+      logits = self.token_embedder.attend(y) / np.sqrt(y.shape[-1])  # T5.1.0: keeps logits O(1) at init
+    else:
+      logits = self.logits_dense(y)
+    return constrain(logits, ('batch', 'length', 'vocab'))
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, *,
+               enable_dropout: bool = True, decode: bool = False, max_decode_length: Optional[int] = None):
+    """D's decoder logits for teacher-forced targets, as t5x's Transformer.__call__."""
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids,
+                       decoder_positions=decoder_positions, enable_dropout=enable_dropout, decode=decode,
+                       max_decode_length=max_decode_length)
+
+  def generator_logits(self, tokens, segment_ids=None, positions=None, enable_dropout=True):
+    """G's float32 logits [batch, length, vocab] for the MLM-masked encoder input."""
+    del positions
+    if self.generator is None:
+      raise ValueError('this SpacTor has no generator (generator=None: a plain T5 / stage 2)')
+    mask = encoder_self_mask(tokens, segment_ids)
+    return self.generator_net(tokens, mask_to_bias(mask, jnp.dtype(self.config.dtype)),
+                              deterministic=not enable_dropout)
+
+  def rtd_logits(self, encoded):
+    """RTD float32 logits [batch, length] from D's encoder output; sigmoid gives p(token is original)."""
+    if self.rtd_head is None:
+      raise ValueError('this SpacTor has no RTD head (rtd_head=None: a plain T5 / stage 2)')
+    return self.rtd_net(encoded)
+
+  def init_all(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, encoder_positions=None, decoder_positions=None, enable_dropout=False):
+    """Runs every submodule of this stage once; `model.init(rng, ..., method=SpacTor.init_all)` creates all params.
+
+    Returns a dict with 'logits' and, in stage 1, 'generator_logits' and 'rtd_logits'.
+    """
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout)
+    outputs = {'logits': self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                                     encoder_segment_ids, decoder_segment_ids, decoder_positions, enable_dropout)}
+    if self.generator is not None:
+      outputs['generator_logits'] = self.generator_logits(encoder_input_tokens, encoder_segment_ids,
+                                                          encoder_positions, enable_dropout)
+    if self.rtd_head is not None:
+      outputs['rtd_logits'] = self.rtd_logits(encoded)
+    return outputs
+
+
+def param_count(params) -> int:
+  """Number of scalars in a (possibly abstract) parameter tree."""
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
