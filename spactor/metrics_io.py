@@ -1,0 +1,166 @@
+"""What a run shows a person: metrics (JSON lines + TensorBoard), a progress bar, a summary table and a plot."""
+import collections
+import json
+import os
+import sys
+import time
+from typing import Any, Optional
+
+import jax
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+def _is_chief() -> bool:
+  return jax.process_index() == 0
+
+
+class MetricsWriter:
+  """Appends records to `metrics.jsonl` and TensorBoard scalars under `tb/`.
+
+  On a restart from step N, records after N (steps that will be trained again) are dropped first, with an
+  atomic rewrite, so the file always describes one uninterrupted run.
+  """
+
+  def __init__(self, model_dir: str, start_step: int = 0):
+    self.path = os.path.join(model_dir, METRICS_FILE)
+    self._tb = None
+    if not _is_chief():
+      return
+    os.makedirs(model_dir, exist_ok=True)
+    _truncate_after(self.path, start_step)
+    import tensorflow as tf
+    self._tb = tf.summary.create_file_writer(os.path.join(model_dir, 'tb'))
+
+  def write(self, step: int, scalars: dict[str, float], extra: Optional[dict[str, Any]] = None) -> None:
+    if not _is_chief():
+      return
+    record = {'step': step, **(extra or {}), **scalars}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    import tensorflow as tf
+    with self._tb.as_default(step=step):
+      for name, value in {**scalars, **{k: v for k, v in (extra or {}).items() if isinstance(v, (int, float))}}.items():
+        tf.summary.scalar(name, value)
+    self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  if not os.path.exists(path):
+    return
+  kept = [line for line in read_records(path) if line['step'] <= step]
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in kept)
+  os.replace(tmp, path)
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Throughput:
+  """Wall time and steps per stage between measurements, leaving out compilation, evals and checkpoints."""
+
+  def __init__(self):
+    self._t0: Optional[float] = None
+    self._steps = 0
+    self.totals = collections.defaultdict(lambda: [0.0, 0])
+
+  def restart(self) -> None:
+    self._t0, self._steps = time.perf_counter(), 0
+
+  def tick(self) -> None:
+    self._steps += 1
+
+  def measure(self, stage: str) -> None:
+    if self._t0 is not None and self._steps:
+      total = self.totals[stage]
+      total[0] += time.perf_counter() - self._t0
+      total[1] += self._steps
+    self.restart()
+
+  def seqs_per_second(self, stage: str, batch_size: int) -> float:
+    seconds, steps = self.totals.get(stage, (0.0, 0))
+    return batch_size * steps / seconds if seconds else float('nan')
+
+
+class ProgressBar:
+  """step / total, stage, loss and sequences per second on one line (process 0 only)."""
+
+  def __init__(self, total: int, initial: int):
+    self._bar = None
+    if _is_chief():
+      from tqdm import tqdm
+      self._bar = tqdm(total=total, initial=initial, unit='step', dynamic_ncols=True, file=sys.stderr,
+                       mininterval=1.0)
+
+  def update(self, step: int, stage: str, loss: float, seqs_per_second: float) -> None:
+    if self._bar is None:
+      return
+    self._bar.set_postfix_str(f'stage={stage} loss={loss:.3f} seqs/s={seqs_per_second:.1f}', refresh=False)
+    self._bar.update(step - self._bar.n)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+# --- summary and plot -------------------------------------------------------------------------------------
+
+
+def stage_summary(records: list[dict[str, Any]], stage: str) -> dict[str, Any]:
+  """The last train loss, the last validation L_SC (clean and noisy) and the step span of one stage."""
+  train = [r for r in records if r.get('stage') == stage and 'train/loss' in r]
+  evals = [r for r in records if r.get('stage') == stage and 'eval/sc_clean_loss' in r]
+  if not train and not evals:
+    return {}
+  last_eval = evals[-1] if evals else {}
+  return {
+      'last_step': max(r['step'] for r in train + evals),
+      'train_loss': train[-1]['train/loss'] if train else float('nan'),
+      'val_sc_clean': last_eval.get('eval/sc_clean_loss', float('nan')),
+      'val_sc_noisy': last_eval.get('eval/sc_loss', float('nan')),
+  }
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+  columns = [('stage', '{}'), ('steps', '{}'), ('train_loss', '{:.3f}'), ('val_sc_clean', '{:.3f}'),
+             ('val_sc_noisy', '{:.3f}'), ('seqs_per_second', '{:.1f}'), ('gflops_per_step', '{:.1f}')]
+  cells = [[c for c, _ in columns]] + [[fmt.format(row.get(c, '')) if row.get(c) is not None else '-'
+                                       for c, fmt in columns] for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+  lines = ['  '.join(cell.rjust(w) for cell, w in zip(r, widths)) for r in cells]
+  lines.insert(1, '  '.join('-' * w for w in widths))
+  return '\n'.join(lines)
+
+
+def plot_run(metrics_path: str, png_path: str, tau: Optional[int], label: str = 'SpacTor') -> str:
+  """Validation L_SC (clean X_c, and noisy X̂_c while the generator lives) against cumulative FLOPs."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  records = [r for r in read_records(metrics_path) if 'eval/sc_clean_loss' in r]
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  pflops = [r['cumulative_flops'] / 1e15 for r in records]
+  ax.plot(pflops, [r['eval/sc_clean_loss'] for r in records], 'o-', label=f'{label}: L_SC on X_c (clean)')
+  noisy = [(f, r['eval/sc_loss']) for f, r in zip(pflops, records) if 'eval/sc_loss' in r]
+  if noisy:
+    ax.plot(*zip(*noisy), 's--', alpha=0.7, label=f'{label}: L_SC on X̂_c (generator-filled)')
+  if tau is not None and 0 < tau:
+    at_tau = [f for f, r in zip(pflops, records) if r['step'] == tau]
+    if at_tau:
+      ax.axvline(at_tau[0], color='gray', linestyle=':', label=f'τ = {tau} (generator and RTD head dropped)')
+  ax.set_xlabel('cumulative training PFLOPs (analytic)')
+  ax.set_ylabel('validation span-corruption loss')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=120)
+  plt.close(fig)
+  return png_path
