@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/demo
+# Compiled XLA programs are kept between runs (a restarted demo, repeated test runs compile nothing again).
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/spactor/jax
 
 .PHONY: demo demo-ssr test env clean
 

@@ -206,20 +206,23 @@ def compile_train_step(stage: Stage, tx, base_rng, state_shardings, batch_shardi
                  donate_argnums=0)
 
 
-def evaluate(stage: Stage, params, config: TrainConfig, batch_sharding, rng) -> dict[str, float]:
+def compile_eval_step(stage: Stage):
+  return jax.jit(functools.partial(stage.eval_fn, stage.module))
+
+
+def evaluate(eval_step, params, config: TrainConfig, batch_sharding, rng) -> dict[str, float]:
   """Validation metrics over the first `eval_batches` batches of the validation split (same every time)."""
   if config.eval_batches == 0:
     return {}
   per_process = config.batch_size // jax.process_count()
   ds = make_dataset(config, 'validation', per_process, shuffle=False, num_epochs=1).take(config.eval_batches)
-  eval_fn = jax.jit(functools.partial(stage.eval_fn, stage.module))
   totals = None
   for batch in ds:
-    metrics = eval_fn(params, to_global(jax.tree.map(lambda t: t.numpy(), batch), batch_sharding), rng)
+    metrics = eval_step(params, to_global(jax.tree.map(lambda t: t.numpy(), batch), batch_sharding), rng)
     totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
   if totals is None:
     raise ValueError(f'the validation split of {config.corpus!r} has fewer than one batch of '
-                     f'{config.batch_size} examples; lower BATCH_SIZE or eval_batches=0')
+                     f'{config.batch_size} examples; lower BATCH_SIZE or set eval_batches=0')
   return objectives.summarize(jax.device_get(totals))
 
 
@@ -294,7 +297,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   timer = metrics_io.Throughput()
   step = int(jax.device_get(state.step))
   stage = stage_defs[config.stage_at(step)]
-  compiled = {}
+  compiled, eval_steps = {}, {}
 
   def step_fn(stage: Stage):
     if stage.name not in compiled:
@@ -306,7 +309,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
     return {'stage': stage.name, 'cumulative_flops': cumulative_flops(config, stage_defs, s)}
 
   def run_eval():
-    metrics = evaluate(stage, state.params, config, batch_sharding, jax.random.fold_in(base_rng, 2 ** 30))
+    if stage.name not in eval_steps:
+      eval_steps[stage.name] = compile_eval_step(stage)
+    metrics = evaluate(eval_steps[stage.name], state.params, config, batch_sharding,
+                       jax.random.fold_in(base_rng, 2 ** 30))
     writer.write(step, {f'eval/{k}': v for k, v in metrics.items()}, extra=log_extra(step))
 
   pending = []  # device metrics of steps not yet pulled to the host (keeps dispatch asynchronous)
