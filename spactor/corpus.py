@@ -2,7 +2,8 @@
 
 One document is one speech (a plain .txt file under the package's data/speeches/). Speeches are kept whole so
 that a span-corruption chunk reads as connected prose; T5's pipeline then concatenates documents and cuts them
-into fixed-length pieces, exactly as it does for C4.
+into fixed-length pieces, exactly as it does for C4. The longest speech is ~50k tokens with the default
+vocabulary, under the 65536 tokens of T5's select_random_chunk, so no text is dropped.
 
 The train/validation split is fixed by a SHA-256 of the file name (about 5% validation), so it is the same on
 every machine, Python version and run, and a speech never appears in both splits.

@@ -12,7 +12,6 @@ os.replace, so a crash never leaves a partial model and concurrent builders cann
 Registered tasks hold a `LazyVocabulary`: the file is found (or built) on first use, after gin has parsed its
 bindings, so importing `tasks` needs neither the corpus nor the network.
 """
-import hashlib
 import importlib.metadata
 import io
 import logging
