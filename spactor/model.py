@@ -414,9 +414,12 @@ class Generator(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool) -> Array:
+  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool,
+               predict_positions: Optional[Array] = None) -> Array:
     cfg = generator_stack_config(self.config, self.generator)
     h = Encoder(cfg, self.shared_embedding, name='encoder')(tokens, mask_bias, deterministic)
+    if predict_positions is not None:  # project only where a token is predicted: [batch, k, emb]
+      h = jnp.take_along_axis(h, predict_positions[..., None], axis=1)
     if self.generator.tied_output:
       bias = param_with_axes('logits_bias', nn.initializers.zeros, (cfg.vocab_size,), jnp.float32, axes=('vocab',))
       logits = self.shared_embedding.attend(h) / np.sqrt(cfg.emb_dim) + _expand_to(bias, h.ndim)
@@ -427,7 +430,10 @@ class Generator(nn.Module):
 
 
 class RTDHead(nn.Module):
-  """f in Eq. (5): dense(mlp_dim, activation) -> dense(1); a logit per position, > 0 meaning 'original'."""
+  """f in Eq. (5): dense(mlp_dim, activation) -> dense(1); one logit per position.
+
+  spactor.objectives.rtd_loss reads it as the log-odds that the token was replaced (ELECTRA's sign).
+  """
   config: RTDHeadConfig
   dtype: Any = jnp.float32
 
@@ -513,17 +519,22 @@ class SpacTor(nn.Module):
                        decoder_positions=decoder_positions, enable_dropout=enable_dropout, decode=decode,
                        max_decode_length=max_decode_length)
 
-  def generator_logits(self, tokens, segment_ids=None, positions=None, enable_dropout=True):
-    """G's float32 logits [batch, length, vocab] for the MLM-masked encoder input."""
+  def generator_logits(self, tokens, segment_ids=None, positions=None, enable_dropout=True,
+                       predict_positions=None):
+    """G's float32 logits [batch, length, vocab] for the MLM-masked encoder input.
+
+    With predict_positions [batch, k], only those positions are projected to the vocabulary ([batch, k, vocab]):
+    the [M] positions are ~15% of the input, and the projection is most of G's cost.
+    """
     del positions
     if self.generator is None:
       raise ValueError('this SpacTor has no generator (generator=None: a plain T5 / stage 2)')
     mask = encoder_self_mask(tokens, segment_ids)
     return self.generator_net(tokens, mask_to_bias(mask, jnp.dtype(self.config.dtype)),
-                              deterministic=not enable_dropout)
+                              deterministic=not enable_dropout, predict_positions=predict_positions)
 
   def rtd_logits(self, encoded):
-    """RTD float32 logits [batch, length] from D's encoder output; sigmoid gives p(token is original)."""
+    """RTD float32 logits [batch, length] from D's encoder output; sigmoid gives p(token was replaced)."""
     if self.rtd_head is None:
       raise ValueError('this SpacTor has no RTD head (rtd_head=None: a plain T5 / stage 2)')
     return self.rtd_net(encoded)

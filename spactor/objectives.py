@@ -12,7 +12,7 @@ Conventions:
 - Metrics are sums and counts (`*_sum`, `*_count`) so that they average correctly across batches and hosts;
   `summarize` turns them into means.
 """
-from typing import Mapping
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,30 @@ def allowed_generator_ids(model_vocab_size: int, num_pieces: int) -> jax.Array:
   """Ids a generator may sample: SentencePiece pieces from UNK (2) up, no pad/EOS, sentinels or [M]."""
   ids = jnp.arange(model_vocab_size)
   return (ids >= 2) & (ids < num_pieces)
+
+
+def masked_positions(mlm_mask_BxL: jax.Array, k: Optional[int]):
+  """The indices of the [M] positions of each row, padded to a static k: (positions_BxK, valid_BxK).
+
+  Masked positions come first, in order; the padding slots take the earliest unmasked positions, so the k
+  indices of a row are distinct (a scatter back is well defined). k=None keeps every position.
+  """
+  length = mlm_mask_BxL.shape[-1]
+  if k is None or k >= length:
+    positions = jnp.broadcast_to(jnp.arange(length), mlm_mask_BxL.shape)
+    return positions, mlm_mask_BxL.astype(bool)
+  score = mlm_mask_BxL.astype(jnp.int32) * length + (length - 1 - jnp.arange(length))
+  _, positions = jax.lax.top_k(score, k)
+  return positions, gather(mlm_mask_BxL, positions).astype(bool)
+
+
+def gather(x_BxL: jax.Array, positions_BxK: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(x_BxL, positions_BxK, axis=1)
+
+
+def scatter(x_BxL: jax.Array, positions_BxK: jax.Array, values_BxK: jax.Array) -> jax.Array:
+  """x with x[b, positions[b, j]] = values[b, j] (positions distinct within a row)."""
+  return jax.vmap(lambda row, pos, val: row.at[pos].set(val))(x_BxL, positions_BxK, values_BxK.astype(x_BxL.dtype))
 
 
 def sample_replacements(rng, gen_logits_BxLxV, input_BxL, clean_BxL, mlm_mask_BxL):

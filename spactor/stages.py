@@ -9,7 +9,7 @@ Each loss function has the signature `(module, params, batch, rng, enable_dropou
 hyper-parameters bound beforehand (`functools.partial`), so a train step takes the loss as an argument.
 """
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -77,20 +77,28 @@ def sc_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, *, z
 
 
 def hybrid_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, *,
-                weights: HybridWeights, allowed_ids: jax.Array, z_loss: float = 1e-4):
-  """L_G + λ1·L_RTD + λ2·L_SC on one batch (Eq. 9)."""
+                weights: HybridWeights, allowed_ids: jax.Array, z_loss: float = 1e-4,
+                max_predictions: Optional[int] = None):
+  """L_G + λ1·L_RTD + λ2·L_SC on one batch (Eq. 9).
+
+  max_predictions: a static bound on the [M] positions of a row; the generator projects only those to the
+  vocabulary (None: every position, the same result at a higher cost).
+  """
   gen_rng, sample_rng, encode_rng, decode_rng = jax.random.split(rng, 4)
-  masked = batch['encoder_input_tokens']
+  masked, clean = batch['encoder_input_tokens'], batch['encoder_clean_tokens']
+  positions, valid = objectives.masked_positions(batch['encoder_mlm_mask'], max_predictions)
   gen_logits = module.apply(
       {'params': params}, masked, segment_ids=batch.get('encoder_segment_ids'),
-      positions=batch.get('encoder_positions'), enable_dropout=enable_dropout,
+      positions=batch.get('encoder_positions'), enable_dropout=enable_dropout, predict_positions=positions,
       rngs={'dropout': gen_rng}, method='generator_logits')
   gen_logits = objectives.restrict_vocab(gen_logits, allowed_ids)
-  l_gen, gen_metrics = objectives.generator_loss(
-      gen_logits, batch['encoder_clean_tokens'], batch['encoder_mlm_mask'])
+  clean_k = objectives.gather(clean, positions)
+  l_gen, gen_metrics = objectives.generator_loss(gen_logits, clean_k, valid)
 
-  filled, replaced = objectives.sample_replacements(
-      sample_rng, gen_logits, masked, batch['encoder_clean_tokens'], batch['encoder_mlm_mask'])
+  filled_k, replaced_k = objectives.sample_replacements(
+      sample_rng, gen_logits, objectives.gather(masked, positions), clean_k, valid)
+  filled = objectives.scatter(masked, positions, filled_k)
+  replaced = objectives.scatter(jnp.zeros_like(masked, bool), positions, replaced_k)
   encoded = _encode(module, params, filled, batch, encode_rng, enable_dropout)
   rtd_logits = module.apply({'params': params}, encoded, method='rtd_logits')
   l_rtd, rtd_metrics = objectives.rtd_loss(rtd_logits, replaced, filled > 0, batch['encoder_mlm_mask'])
@@ -104,10 +112,11 @@ def hybrid_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, 
   return total, {**gen_metrics, **rtd_metrics, **sc_metrics, **term_metrics}
 
 
-def hybrid_eval_metrics(module, params, batch: Batch, rng, *, weights: HybridWeights, allowed_ids):
+def hybrid_eval_metrics(module, params, batch: Batch, rng, *, weights: HybridWeights, allowed_ids,
+                        max_predictions: Optional[int] = None):
   """Stage-1 validation: every hybrid metric plus L_SC on clean inputs X_c (the paper's Figure 4)."""
   _, metrics = hybrid_loss(module, params, batch, rng, enable_dropout=False, weights=weights,
-                           allowed_ids=allowed_ids, z_loss=0.0)
+                           allowed_ids=allowed_ids, z_loss=0.0, max_predictions=max_predictions)
   _, clean = sc_loss(module, params, clean_batch(batch), rng, enable_dropout=False, z_loss=0.0,
                      prefix='sc_clean')
   return {**metrics, **clean}

@@ -112,6 +112,12 @@ def task_lengths(inputs_length: int) -> dict[str, int]:
           'mlm_mask': inputs_length}
 
 
+def max_mlm_positions(inputs_length: int) -> int:
+  """A static bound on the [M] positions of one example under the gin-bound MLM ratio (+1 for rounding)."""
+  ratio = gin.get_bindings(preprocessors.mlm_mask).get('mlm_ratio', preprocessors.DEFAULT_MLM_RATIO)
+  return min(inputs_length, int(round(ratio * inputs_length)) + 1)
+
+
 def make_dataset(config: TrainConfig, split: str, per_process_batch: int, shuffle: bool, num_epochs=None):
   """Batched model features of the corpus's hybrid task for this process's shard (a tf.data.Dataset)."""
   ds = seqio.get_dataset(
@@ -150,12 +156,14 @@ def build_stages(config: TrainConfig, vocab) -> dict[str, Stage]:
   allowed = objectives.allowed_generator_ids(model_vocab, vocab.vocab_size - vocab.extra_ids)
   lengths = task_lengths(config.inputs_length)
   cost = flops.Lengths(inputs=lengths['inputs'], targets=lengths['targets'])
+  k = max_mlm_positions(config.inputs_length)
   return {
       'hybrid': Stage(
           'hybrid', model_lib.SpacTor(t5, generator, rtd_head),
-          functools.partial(stages.hybrid_loss, weights=weights, allowed_ids=allowed, z_loss=config.z_loss),
-          functools.partial(stages.hybrid_eval_metrics, weights=weights, allowed_ids=allowed),
-          flops.hybrid_step_flops(t5, generator, rtd_head, cost, config.batch_size)),
+          functools.partial(stages.hybrid_loss, weights=weights, allowed_ids=allowed, z_loss=config.z_loss,
+                            max_predictions=k),
+          functools.partial(stages.hybrid_eval_metrics, weights=weights, allowed_ids=allowed, max_predictions=k),
+          flops.hybrid_step_flops(t5, generator, rtd_head, cost, config.batch_size, logits_tokens=k)),
       'sc': Stage(
           'sc', model_lib.SpacTor(t5),
           lambda module, params, batch, rng, enable_dropout=True: stages.sc_loss(
@@ -434,7 +442,8 @@ def parse_flags(argv: list[str]) -> tuple[list[str], list[str], list[str], dict[
 
 def parse_gin(files, bindings, search_paths) -> None:
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  for path in [*search_paths, os.getcwd(), repo_root, os.path.join(repo_root, 'gin')]:
+  # The project's gin/ first: includes such as 'models/t5_1_0_base.gin' resolve there.
+  for path in [os.path.join(repo_root, 'gin'), *search_paths, repo_root]:
     gin.add_config_file_search_path(path)
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
@@ -445,7 +454,7 @@ def parse_gin(files, bindings, search_paths) -> None:
 def main(argv: list[str]) -> None:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger(noisy).setLevel(logging.ERROR)
   files, bindings, search_paths, distributed = parse_flags(argv)
   if distributed:
     jax.distributed.initialize(**distributed)

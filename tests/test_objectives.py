@@ -148,3 +148,20 @@ def test_hybrid_over_sc_flops_ratio_for_base_is_near_table_3():
   ratio = (flops.hybrid_step_flops(config, generator, SimpleNamespace(mlp_dim=3072), lengths, 2048)
            / flops.sc_step_flops(config, lengths, 2048))
   assert 1.25 < ratio < 1.4
+
+
+def test_masked_positions_lists_mask_positions_first_and_pads_with_distinct_unmasked_ones():
+  mask = jnp.array([[0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1]])
+  positions, valid = objectives.masked_positions(mask, 3)
+  np.testing.assert_array_equal(positions, [[1, 3, 0], [5, 0, 1]])
+  np.testing.assert_array_equal(valid, [[True, True, False], [True, False, False]])
+  full, full_valid = objectives.masked_positions(mask, None)
+  np.testing.assert_array_equal(full[1], np.arange(6))
+  np.testing.assert_array_equal(full_valid, mask.astype(bool))
+
+
+def test_scatter_writes_back_what_gather_read():
+  x = jnp.array([[10, 11, 12, 13]])
+  positions = jnp.array([[2, 0]])
+  np.testing.assert_array_equal(objectives.gather(x, positions), [[12, 10]])
+  np.testing.assert_array_equal(objectives.scatter(x, positions, jnp.array([[7, 8]])), [[8, 11, 7, 13]])

@@ -85,3 +85,12 @@ def test_sc_stage_runs_on_the_plain_t5_with_stage_one_params_dropped(setup):
   loss, metrics = stages.sc_loss(plain, stages.drop_stage_1_params(params), stages.clean_batch(batch),
                                  jax.random.PRNGKey(0))
   assert np.isfinite(loss) and metrics['sc_count'] == 10
+
+
+def test_projecting_only_mask_positions_gives_the_same_generator_loss(setup):
+  module, params, batch, loss_fn = setup
+  _, full = loss_fn(module, params, batch, jax.random.PRNGKey(4))
+  _, gathered = loss_fn(module, params, batch, jax.random.PRNGKey(4), max_predictions=4)
+  np.testing.assert_allclose(gathered['gen_loss_sum'], full['gen_loss_sum'], rtol=1e-5)
+  assert gathered['gen_count'] == full['gen_count'] == 6
+  assert gathered['replaced_count'] == 6
