@@ -17,9 +17,9 @@ from spactor import vocab as vocab_lib
 LENGTHS = {'inputs': 128, 'targets': 29}
 
 
-def _examples(name, split='validation', seed=0, shuffle=False, lengths=LENGTHS, **kwargs):
+def _examples(name, split='validation', seed=0, shuffle=False, lengths=LENGTHS, limit=-1, **kwargs):
   ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split=split, shuffle=shuffle, seed=seed, **kwargs)
-  return list(ds.as_numpy_iterator())
+  return list(ds.take(limit).as_numpy_iterator())
 
 
 @pytest.fixture(scope='module')
@@ -111,7 +111,8 @@ def test_model_features_through_seqio_get_dataset(pack):
 
 def test_seeded_shuffle_is_reproducible_and_shards_are_disjoint():
   name = tasks.sc_task_name('sotu')
-  take = lambda **kw: [ex['inputs'].tobytes() for ex in _examples(name, shuffle=True, seed=3, **kw)[:50]]
+  take = lambda **kw: [ex['inputs'].tobytes()
+                       for ex in _examples(name, shuffle=True, seed=3, limit=50, shuffle_buffer_size=100, **kw)]
   assert take() == take()
   shard0 = set(take(shard_info=seqio.ShardInfo(0, 2)))
   shard1 = set(take(shard_info=seqio.ShardInfo(1, 2)))
@@ -122,7 +123,7 @@ def test_gin_reaches_the_task_preprocessors(fresh_tasks):
   with gin.unlock_config():
     gin.parse_config(['MLM_RATIO = 0.3', 'spactor.preprocessors.mlm_mask.mlm_ratio = %MLM_RATIO'])
   v = tasks.vocabulary('sotu')
-  for ex in _examples(tasks.hybrid_task_name('sotu'))[:20]:
+  for ex in _examples(tasks.hybrid_task_name('sotu'), limit=20):
     eligible = (ex['inputs_clean'] > 1) & (ex['inputs_clean'] < v.vocab_size - 100)
     assert ex['mlm_mask'].sum() == round(0.3 * eligible.sum())
 
