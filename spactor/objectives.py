@@ -70,7 +70,8 @@ def restrict_vocab(logits_BxLxV: jax.Array, allowed_V: jax.Array) -> jax.Array:
   meaning there. The same restriction is used for L_G and for sampling, so the generator is trained on the
   distribution it samples from.
   """
-  return jnp.where(allowed_V, logits_BxLxV, jnp.finfo(logits_BxLxV.dtype).min)
+  allowed = jnp.broadcast_to(allowed_V, logits_BxLxV.shape)
+  return jnp.where(allowed, logits_BxLxV, jnp.finfo(logits_BxLxV.dtype).min)
 
 
 def allowed_generator_ids(model_vocab_size: int, num_pieces: int) -> jax.Array:
@@ -89,7 +90,7 @@ def masked_positions(mlm_mask_BxL: jax.Array, k: Optional[int]):
   if k is None or k >= length:
     positions = jnp.broadcast_to(jnp.arange(length), mlm_mask_BxL.shape)
     return positions, mlm_mask_BxL.astype(bool)
-  score = mlm_mask_BxL.astype(jnp.int32) * length + (length - 1 - jnp.arange(length))
+  score = mlm_mask_BxL.astype(jnp.int32) * length + (length - 1 - jnp.arange(length))[None, :]
   _, positions = jax.lax.top_k(score, k)
   return positions, gather(mlm_mask_BxL, positions).astype(bool)
 

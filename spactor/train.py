@@ -231,7 +231,8 @@ def evaluate(eval_step, params, config: TrainConfig, batch_sharding, rng) -> dic
   if totals is None:
     raise ValueError(f'the validation split of {config.corpus!r} has fewer than one batch of '
                      f'{config.batch_size} examples; lower BATCH_SIZE or set eval_batches=0')
-  return objectives.summarize(jax.device_get(totals))
+  # Weighted terms are per-batch means; summed over batches they mean nothing, and the losses are already here.
+  return {k: v for k, v in objectives.summarize(jax.device_get(totals)).items() if not k.endswith('_term')}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -451,7 +452,15 @@ def parse_gin(files, bindings, search_paths) -> None:
     raise SystemExit(f'error in the gin configuration: {e}') from None
 
 
+class _DropGinSearchMisses(logging.Filter):
+  """gin logs an ERROR for every search path an include is not in, even when a later one has it."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Path not found:')
+
+
 def main(argv: list[str]) -> None:
+  logging.getLogger().addFilter(_DropGinSearchMisses())
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   for noisy in ('absl', 'orbax', 'jax._src', 'tensorflow'):
     logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -25,3 +25,11 @@ def small_sotu_vocab_file(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def small_sotu_vocab(small_sotu_vocab_file) -> seqio.SentencePieceVocabulary:
   return vocab_lib.load(small_sotu_vocab_file)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def strict_rank_promotion():
+  """As the trainer runs: an implicit rank promotion is a bug, so make it an error in every test."""
+  import jax
+  with jax.numpy_rank_promotion('raise'):
+    yield
