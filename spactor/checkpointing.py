@@ -11,6 +11,7 @@ cannot be read is reported and the one before it is used.
 import dataclasses
 import logging
 import os
+import time
 from typing import Any, Callable, Optional
 
 import flax
@@ -112,12 +113,23 @@ def restore_latest(manager: ocp.CheckpointManager,
           state=ocp.args.StandardRestore(abstract_state_for(meta)),
           data=DatasetIteratorRestore(iterator)))
       return restored['state'], meta
-    except Exception as e:  # a damaged step: report it and fall back to the previous one
-      log.error('checkpoint at step %d in %s cannot be read (%s: %s); trying the previous one',
-                step, manager.directory, type(e).__name__, e)
+    except Exception as e:  # a damaged step: report it, set it aside, and fall back to the previous one
+      aside = set_aside(manager, step)
+      log.error('checkpoint at step %d in %s cannot be read (%s: %s); moved to %s, trying the previous one',
+                step, manager.directory, type(e).__name__, e, aside)
   if steps:
     raise RuntimeError(f'none of the checkpoints {steps} in {manager.directory} can be read')
   return None
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames a damaged step directory (kept for inspection, never deleted) so the step can be written again."""
+  source = os.path.join(os.fspath(manager.directory), str(step))
+  target = f'{source}.damaged-{int(time.time())}'
+  if jax.process_index() == 0:
+    os.rename(source, target)
+  manager.reload()
+  return target
 
 
 # --- the stage switch -------------------------------------------------------------------------------------

@@ -443,11 +443,11 @@ def parse_flags(argv: list[str]) -> tuple[list[str], list[str], list[str], dict[
 
 def parse_gin(files, bindings, search_paths) -> None:
   repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  # The project's gin/ first: includes such as 'models/t5_1_0_base.gin' resolve there.
-  for path in [os.path.join(repo_root, 'gin'), *search_paths, repo_root]:
+  # Includes such as 'models/t5_1_0_base.gin' resolve in the project's gin/ (gin tries the paths in order).
+  for path in [*search_paths, os.getcwd(), repo_root, os.path.join(repo_root, 'gin')]:
     gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=True)
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
   except (ValueError, KeyError, IOError, gin.config.ParseError if hasattr(gin.config, 'ParseError') else ValueError) as e:
     raise SystemExit(f'error in the gin configuration: {e}') from None
 

@@ -1,0 +1,147 @@
+"""A killed run loses at most the steps since its last checkpoint and then continues exactly.
+
+Subprocess tests run the real command line (`python -m spactor.train`), kill it with SIGKILL or SIGTERM while it
+trains, restart the same command, and compare every step's loss with an uninterrupted in-process run.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import pytest
+
+from spactor import metrics_io, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL, TAU = 16, 6
+SETTINGS = dict(total_steps=TOTAL, tau=TAU, batch_size=4, inputs_length=32, log_every=1, eval_every=100,
+                eval_batches=1, checkpoint_every=3, keep_checkpoints=3, warmup_steps=10, plot=False)
+
+
+def command(model_dir) -> list[str]:
+  bindings = {'MODEL_DIR': repr(str(model_dir)), 'TOTAL_STEPS': TOTAL, 'TAU': TAU, 'BATCH_SIZE': 4,
+              'INPUTS_LENGTH': 32, 'spactor.train.TrainConfig.log_every': 1,
+              'spactor.train.TrainConfig.eval_every': 100, 'spactor.train.TrainConfig.eval_batches': 1,
+              'spactor.train.TrainConfig.checkpoint_every': 3, 'spactor.train.TrainConfig.warmup_steps': 10,
+              'spactor.train.TrainConfig.plot': False}
+  return [sys.executable, '-m', 'spactor.train', '--gin_file=gin/runs/demo.gin',
+          *[f'--gin.{k}={v}' for k, v in bindings.items()]]
+
+
+def losses(model_dir) -> dict[int, float]:
+  path = os.path.join(model_dir, 'metrics.jsonl')
+  return {r['step']: r['train/loss'] for r in metrics_io.read_records(path) if 'train/loss' in r}
+
+
+def start(model_dir) -> subprocess.Popen:
+  return subprocess.Popen(command(model_dir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(proc: subprocess.Popen, model_dir, step: int, timeout: float = 300) -> None:
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if os.path.exists(os.path.join(model_dir, 'metrics.jsonl')) and max(losses(model_dir), default=0) >= step:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f'the run ended before step {step}:\n{proc.stdout.read()}')
+    time.sleep(0.05)
+  proc.kill()
+  raise AssertionError(f'step {step} not reached in {timeout}s')
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp('reference')
+  train.run(train.TrainConfig(model_dir=str(model_dir), **SETTINGS))
+  return losses(model_dir)
+
+
+def assert_same_run(reference, model_dir):
+  resumed = losses(model_dir)
+  assert sorted(resumed) == list(range(1, TOTAL + 1))
+  for step, loss in reference.items():
+    assert resumed[step] == pytest.approx(loss, rel=1e-6, abs=1e-6), step
+
+
+def test_sigkill_in_hybrid_stage_and_after_the_switch_then_restart_matches_uninterrupted(reference, tmp_path):
+  proc = start(tmp_path)
+  wait_for_step(proc, tmp_path, 4)  # hybrid stage, after the checkpoint at 3
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  proc = start(tmp_path)
+  wait_for_step(proc, tmp_path, TAU + 2)  # past the switch at τ
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = subprocess.run(command(tmp_path), cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert_same_run(reference, tmp_path)
+
+
+def test_sigterm_finishes_the_step_saves_and_exits_cleanly(reference, tmp_path):
+  proc = start(tmp_path)
+  wait_for_step(proc, tmp_path, 4)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, output[-3000:]
+  assert 'SIGTERM' in output
+  stopped_at = max(losses(tmp_path))
+  assert stopped_at < TOTAL
+  assert str(stopped_at) in os.listdir(os.path.join(tmp_path, 'checkpoints'))
+  done = subprocess.run(command(tmp_path), cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert_same_run(reference, tmp_path)
+
+
+def test_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(reference, tmp_path, caplog):
+  train.run(train.TrainConfig(model_dir=str(tmp_path), **{**SETTINGS, 'total_steps': 9}))
+  state_dir = os.path.join(tmp_path, 'checkpoints', '9', 'state')
+  for root, _, files in os.walk(state_dir):  # damage every array file of the latest step
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  os.makedirs(os.path.join(tmp_path, 'checkpoints', '12.orbax-checkpoint-tmp-1'))  # an interrupted write
+  with caplog.at_level('ERROR'):
+    train.run(train.TrainConfig(model_dir=str(tmp_path), **SETTINGS))
+  assert any('step 9' in r.getMessage() and 'cannot be read' in r.getMessage() for r in caplog.records)
+  assert_same_run(reference, tmp_path)
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = train.TrainConfig(model_dir=str(tmp_path), **{**SETTINGS, 'learning_rate': 1e30,
+                                                         'checkpoint_every': 1})
+  with pytest.raises(train.NonFiniteLossError, match=r'non-finite loss at step (\d+).*sc_loss') as error:
+    train.run(config)
+  bad_step = int(error.value.args[0].split('step ')[1].split(':')[0])
+  saved = [int(d) for d in os.listdir(os.path.join(tmp_path, 'checkpoints')) if d.isdigit()]
+  assert saved and max(saved) < bad_step
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--gin.NO_SUCH_KNOB=1', '--gin.spactor.train.TrainConfig.no_such_field=1'], 'no_such_field'),
+    (['--gin.TAU=100', '--gin.TOTAL_STEPS=10'], 'larger than the run'),
+    (['--gin.LAMBDA1=-1.0'], 'lambda1'),
+    (['--gin.TAU=2.5'], 'TAU'),
+])
+def test_bad_command_line_stops_with_a_clear_message_and_writes_nothing(tmp_path, flags, message):
+  model_dir = tmp_path / 'run'
+  argv = ['--gin_file=gin/runs/demo.gin', f'--gin.MODEL_DIR={str(model_dir)!r}', *flags]
+  cwd = os.getcwd()
+  try:
+    os.chdir(REPO)
+    with pytest.raises(SystemExit) as exit_info:
+      train.main(argv)
+  finally:
+    os.chdir(cwd)
+    gin.clear_config()
+  assert message in str(exit_info.value)
+  assert not model_dir.exists()
+
+
+def test_missing_gin_file_is_named(tmp_path):
+  with pytest.raises(SystemExit, match='no_such.gin'):
+    try:
+      train.main(['--gin_file=no_such.gin', f'--gin.MODEL_DIR={str(tmp_path)!r}'])
+    finally:
+      gin.clear_config()
