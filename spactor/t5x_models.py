@@ -112,14 +112,14 @@ class LocalEncoderDecoderModel:
 _Base = t5x_models.EncoderDecoderModel if HAS_T5X else LocalEncoderDecoderModel
 
 
-def clu_metrics_from(loss: jnp.ndarray, raw: Mapping[str, jnp.ndarray], num_examples: int):
-  """t5x-style metrics: clu metrics that merge across microbatches, steps and hosts.
+def averages(raw: Mapping[str, jnp.ndarray]):
+  """clu Average metrics from spactor.objectives' metrics; they merge across microbatches, steps and hosts.
 
-  Each `x_sum` / `x_count` pair of spactor.objectives becomes the mean `x` (the pairing of
-  objectives.summarize); `*_term` (the weighted loss terms) and `loss` are averaged over steps.
+  Each `x_sum` / `x_count` pair becomes the mean `x` (the pairing of objectives.summarize); any other value
+  (`*_term`, the weighted loss terms) is averaged over steps.
   """
   one = jnp.ones((), jnp.float32)
-  metrics = {'loss': clu_metrics.Average(total=loss, count=one)}
+  metrics = {}
   for key, value in raw.items():
     if key.endswith('_sum'):
       base = key[:-len('_sum')]
@@ -127,6 +127,12 @@ def clu_metrics_from(loss: jnp.ndarray, raw: Mapping[str, jnp.ndarray], num_exam
       metrics[base] = clu_metrics.Average(total=value, count=count)
     elif not key.endswith('_count'):
       metrics[key] = clu_metrics.Average(total=value, count=one)
+  return metrics
+
+
+def clu_metrics_from(loss: jnp.ndarray, raw: Mapping[str, jnp.ndarray], num_examples: int):
+  """t5x-style metrics of a loss_fn: `loss`, the objectives' averages and (under t5x) throughput."""
+  metrics = {'loss': clu_metrics.Average(total=loss, count=jnp.ones((), jnp.float32)), **averages(raw)}
   if HAS_T5X:  # throughput as t5x reports it (its trainer fills in the durations)
     metrics['timing/seqs_per_second'] = t5x_metrics.TimeRate.from_model_output(numerator=num_examples)
     metrics['timing/steps_per_second'] = t5x_metrics.StepsPerTime.from_model_output()
@@ -194,6 +200,13 @@ class SpacTorModel(SCModel):
     super().__init__(module=module, input_vocabulary=input_vocabulary, output_vocabulary=output_vocabulary,
                      optimizer_def=optimizer_def, decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
                      z_loss=z_loss)
+
+  def eval_fn(self, params: PyTree, batch: Batch):
+    """loss_fn's metrics plus span corruption on the clean inputs X_c (`sc_clean_*`, the paper's Figure 4)."""
+    loss, metrics = self.loss_fn(params, batch, dropout_rng=None)
+    _, clean = stages.sc_loss(self.module, params, stages.clean_batch(batch), jax.random.PRNGKey(0),
+                              enable_dropout=False, z_loss=0.0, prefix='sc_clean')
+    return loss, {**metrics, **averages(clean)}
 
   def _objective(self, params, batch, rng, enable_dropout):
     vocab = self.output_vocabulary

@@ -179,7 +179,14 @@ def test_spactor_loss_fn_combines_the_three_terms_and_trains_every_parameter(voc
   # Training draws new generator samples per rng; evaluation (dropout_rng=None) is deterministic.
   assert float(train(params, batch, jax.random.PRNGKey(2))[0][0]) != float(loss)
   evaluate = jax.jit(m.eval_fn)
-  np.testing.assert_array_equal(evaluate(params, batch)[0], evaluate(params, batch)[0])
+  eval_loss, eval_metrics = evaluate(params, batch)
+  np.testing.assert_array_equal(eval_loss, evaluate(params, batch)[0])
+  # Evaluation adds span corruption on the clean inputs X_c, as the SC model computes it on them.
+  sc_model = t5x_models.SCModel(model.SpacTor(m.module.config), vocabulary, vocabulary, optimizer_def=None, z_loss=0.0)
+  clean = {**batch, 'encoder_input_tokens': batch['encoder_clean_tokens']}
+  sc_params = {k: v for k, v in params.items() if k not in ('generator', 'rtd_head')}
+  np.testing.assert_allclose(eval_metrics['sc_clean_loss'].compute(), sc_model.loss_fn(sc_params, clean, None)[0],
+                             rtol=1e-5)
 
 
 # ---- decoding and scoring (the local stand-in; t5x's are used when t5x is installed) ------------------------
