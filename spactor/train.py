@@ -267,11 +267,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
   # Mesh.
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
-  num_data = mesh.shape['data']
-  if config.batch_size % (num_data * jax.process_count()) and config.batch_size % num_data:
-    raise ValueError(f'BATCH_SIZE={config.batch_size} must be divisible by the {num_data} data-parallel devices')
-  if config.batch_size % jax.process_count():
-    raise ValueError(f'BATCH_SIZE={config.batch_size} must be divisible by the {jax.process_count()} processes')
+  for ways, what in ((mesh.shape['data'], 'data-parallel devices'), (jax.process_count(), 'processes')):
+    if config.batch_size % ways:
+      raise ValueError(f'BATCH_SIZE={config.batch_size} must be divisible by the {ways} {what}')
 
   # Input.
   vocab = tasks.vocabulary(config.corpus)

@@ -1,0 +1,30 @@
+"""The same run on a 4-device (2 data x 2 model) mesh gives the losses of the one-device run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from spactor import metrics_io, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SETTINGS = dict(total_steps=4, tau=2, batch_size=4, inputs_length=32, log_every=1, eval_every=100,
+                eval_batches=1, checkpoint_every=4, warmup_steps=10, plot=False)
+
+
+def train_losses(model_dir):
+  return [r['train/loss'] for r in metrics_io.read_records(os.path.join(model_dir, 'metrics.jsonl'))
+          if 'train/loss' in r]
+
+
+def test_sharded_run_matches_single_device_run(tmp_path):
+  train.run(train.TrainConfig(model_dir=str(tmp_path / 'one'), **SETTINGS))
+  sharded_dir = tmp_path / 'four'
+  script = ('import jax; assert jax.device_count() == 4, jax.devices(); from spactor import train; '
+            f'train.run(train.TrainConfig(model_dir={str(sharded_dir)!r}, num_partitions=2, **{SETTINGS!r}))')
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4', 'JAX_PLATFORMS': 'cpu'}
+  done = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert train_losses(sharded_dir) == pytest.approx(train_losses(tmp_path / 'one'), rel=2e-4)
+  assert os.listdir(sharded_dir / 'checkpoints') == ['4']  # written once, not once per device
