@@ -22,14 +22,13 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "test": ["pytest>=8", "pytest-xdist>=3.5"],
-    # t5x is not on PyPI (the PyPI name is an empty placeholder); it and the two packages it needs that PyPI
-    # cannot give (airio, and jestimator whose PyPI release fails to import with current jax) come from git.
-    "t5x": [
-        "t5x @ git+https://github.com/google-research/t5x",
-        "airio @ git+https://github.com/google/airio",
-        "jestimator @ git+https://github.com/google-research/jestimator",
-        "tensorboard>=2.21,<2.22",
-    ],
+    # t5x is not on PyPI (the PyPI name is an empty placeholder). t5x, airio and jestimator come from git, and
+    # must be installed with --no-deps: their setup.py files pin packages that conflict with ours (airio:
+    # grain==0.2.12, a tfds-nightly; t5x: flax/optax/seqio/clu from git heads, tensorflow-cpu), and PyPI's
+    # jestimator fails to import with current jax. So this extra holds what they need from PyPI, and README.md /
+    # docs/t5x.md give the three `pip install --no-deps git+...` lines (launch_tpu.sh runs them on TPU VMs).
+    "t5x": ["clu", "fiddle", "chex", "jaxtyping", "cached_property", "tensorstore", "grain",
+            "tensorboard>=2.21,<2.22"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
 }
 
