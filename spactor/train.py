@@ -115,6 +115,8 @@ def task_lengths(inputs_length: int) -> dict[str, int]:
 def max_mlm_positions(inputs_length: int) -> int:
   """A static bound on the [M] positions of one example under the gin-bound MLM ratio (+1 for rounding)."""
   ratio = gin.get_bindings(preprocessors.mlm_mask).get('mlm_ratio', preprocessors.DEFAULT_MLM_RATIO)
+  if not 0.0 <= ratio < 1.0:
+    raise ValueError(f'MLM_RATIO (spactor.preprocessors.mlm_mask.mlm_ratio) must be in [0, 1), got {ratio!r}')
   return min(inputs_length, int(round(ratio * inputs_length)) + 1)
 
 
@@ -133,7 +135,12 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
 
 
 def next_batch(iterator, sharding):
-  return to_global(jax.tree.map(lambda t: t.numpy(), next(iterator)), sharding)
+  try:
+    batch = next(iterator)
+  except StopIteration:
+    raise ValueError('the training data produced no batch: the corpus is empty or every document was '
+                     'skipped (see the log for counts)') from None
+  return to_global(jax.tree.map(lambda t: t.numpy(), batch), sharding)
 
 
 # --- model and state ---------------------------------------------------------------------------------------
@@ -332,7 +339,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
       loss = m['loss']
       if s % config.log_every == 0 or s == config.total_steps:
         writer.write(s, {f'train/{k}': v for k, v in m.items()},
-                     extra={**log_extra(s), 'seqs_per_second': timer.seqs_per_second(stage.name, config.batch_size)})
+                     extra={**log_extra(s), 'gflops_per_step': stage.flops_per_step / 1e9,
+                            'seqs_per_second': timer.seqs_per_second(stage.name, config.batch_size)})
     pending.clear()
     return loss
 
@@ -473,7 +481,8 @@ def main(argv: list[str]) -> None:
     raise SystemExit(f'error: {e}') from None
   try:
     run(config)
-  except NonFiniteLossError as e:
+  except (NonFiniteLossError, ValueError, FileNotFoundError) as e:  # bad input, named by the message
+    log.debug('the run stopped', exc_info=True)
     raise SystemExit(f'error: {e}') from None
 
 

@@ -123,6 +123,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     (['--gin.TAU=100', '--gin.TOTAL_STEPS=10'], 'larger than the run'),
     (['--gin.LAMBDA1=-1.0'], 'lambda1'),
     (['--gin.TAU=2.5'], 'TAU'),
+    (['--gin.MLM_RATIO=1.5'], 'mlm_ratio'),
 ])
 def test_bad_command_line_stops_with_a_clear_message_and_writes_nothing(tmp_path, flags, message):
   model_dir = tmp_path / 'run'
@@ -145,3 +146,9 @@ def test_missing_gin_file_is_named(tmp_path):
       train.main(['--gin_file=no_such.gin', f'--gin.MODEL_DIR={str(tmp_path)!r}'])
     finally:
       gin.clear_config()
+
+
+def test_validation_split_smaller_than_one_batch_is_named(tmp_path):
+  config = train.TrainConfig(model_dir=str(tmp_path), **{**SETTINGS, 'batch_size': 256, 'inputs_length': 512})
+  with pytest.raises(ValueError, match='fewer than one batch'):
+    train.run(config)

@@ -95,3 +95,9 @@ def test_tau_zero_is_the_sc_baseline_from_the_first_step(tmp_path):
 def test_bad_settings_are_rejected_by_name(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     tiny_config(tmp_path, **overrides)
+
+
+def test_tau_none_keeps_the_hybrid_objective_throughout(tmp_path):
+  config = tiny_config(tmp_path, tau=None)
+  assert config.hybrid_steps == config.total_steps
+  assert {config.stage_at(s) for s in range(config.total_steps)} == {'hybrid'}
