@@ -39,7 +39,6 @@ class GenerateConfig:
   inputs_length: int = 256  # SSR inputs length (EOS included); the paper's 256
   decode_length: int = 128  # decoder positions (KV cache size); see ssr.tasks.decode_length_for
   examples_per_shard: int = 1024
-  max_examples: Optional[int] = None  # None: the whole split
   batch_size: int = 64
   sampling: decoding.SamplingConfig = decoding.SamplingConfig()
   max_span_fill: int = 16
@@ -178,18 +177,19 @@ class Generator:
 
 
 def generate(generator: Generator, examples: Iterable[dict], out_dir: str, split: str, settings: dict,
-             progress: bool = True) -> GenerateStats:
-  """Writes the SSR shards of `examples` (masked-task examples as numpy dicts, in a fixed order)."""
+             max_examples: Optional[int] = None, progress: bool = True) -> GenerateStats:
+  """Writes the SSR shards of the first `max_examples` (None: all) of `examples` (masked-task examples as numpy
+  dicts, in a fixed order)."""
   config = generator.config
-  check_or_write_settings(out_dir, split, {**settings, "generate": config.to_json()})
+  check_or_write_settings(out_dir, split, {**settings, "generate": config.to_json(), "max_examples": max_examples})
   stats = GenerateStats()
   start = time.perf_counter()
   bar = None
   if progress and jax.process_index() == 0:
     from tqdm import tqdm
-    bar = tqdm(total=config.max_examples, unit="ex", desc=f"ssr.generate {split}", dynamic_ncols=True,
+    bar = tqdm(total=max_examples, unit="ex", desc=f"ssr.generate {split}", dynamic_ncols=True,
                file=sys.stderr, mininterval=1.0)
-  for shard, chunk in enumerate(_chunks(examples, config.examples_per_shard, config.max_examples)):
+  for shard, chunk in enumerate(_chunks(examples, config.examples_per_shard, max_examples)):
     path = records.shard_path(out_dir, split, shard)
     mine = shard % jax.process_count() == jax.process_index()
     if not mine or tf.io.gfile.exists(path):
@@ -232,7 +232,8 @@ def parse_args(argv):
   p.add_argument("--noise_density", type=float, default=0.3)
   p.add_argument("--mean_span_length", type=float, default=3.0, help="Poisson lambda of span lengths")
   p.add_argument("--examples_per_shard", type=int, default=1024)
-  p.add_argument("--max_examples", type=int, default=None, help="per split; default: all")
+  p.add_argument("--max_examples", default=None,
+                 help="most examples per split, one number or one per split (e.g. 20000,1000); default: all")
   p.add_argument("--batch_size", type=int, default=64)
   p.add_argument("--top_p", type=float, default=0.9)
   p.add_argument("--top_k", type=int, default=0)
@@ -262,10 +263,15 @@ def main(argv):
   module = model_lib.SpacTor(t5)
   params, step = params_lib.restore_t5_params(args.checkpoint_dir, module, args.checkpoint_step)
   raw_length = ssr_tasks.raw_length_for(args.inputs_length, args.noise_density, args.mean_span_length)
+  splits = args.split.split(",")
+  limits = [int(x) for x in args.max_examples.split(",")] if args.max_examples else [None]
+  if len(limits) not in (1, len(splits)):
+    raise SystemExit(f"error: --max_examples gives {len(limits)} numbers for {len(splits)} splits")
+  limits = limits * len(splits) if len(limits) == 1 else limits
   config = GenerateConfig(
       inputs_length=args.inputs_length,
       decode_length=ssr_tasks.decode_length_for(args.inputs_length, raw_length, args.noise_density),
-      examples_per_shard=args.examples_per_shard, max_examples=args.max_examples, batch_size=args.batch_size,
+      examples_per_shard=args.examples_per_shard, batch_size=args.batch_size,
       sampling=decoding.SamplingConfig(top_p=args.top_p, top_k=args.top_k, temperature=args.temperature),
       max_span_fill=args.max_span_fill, seed=args.seed)
   generator = Generator(module, params, vocab.vocab_size, vocab.extra_ids, config)
@@ -273,9 +279,9 @@ def main(argv):
               "corpus": args.corpus, "size": args.size, "version": args.version, "raw_length": raw_length,
               "noise_density": args.noise_density, "mean_span_length": args.mean_span_length,
               "data_seed": args.data_seed}
-  for split in args.split.split(","):
+  for split, limit in zip(splits, limits):
     examples = _numpy_examples(ssr_tasks.masked_examples(args.corpus, split, args.inputs_length, args.data_seed))
-    stats = generate(generator, examples, args.out_dir, split, settings)
+    stats = generate(generator, examples, args.out_dir, split, settings, max_examples=limit)
     print(f"ssr.generate {split}: {stats.examples} examples in {stats.shards_written} new shards "
           f"({stats.shards_skipped} already done, {stats.dropped} too long dropped) -> {args.out_dir}; "
           f"{stats.decoder_tokens} decoder tokens ({stats.fill_tokens} in spans) at "

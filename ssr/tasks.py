@@ -78,7 +78,7 @@ def register_masked_tasks():
                seqio.preprocessors.append_eos_after_trim])
 
 
-def _rewrite_dataset(split, shuffle_files, seed, *, data_dir, mode, k, group_epochs, shuffle_buffer):
+def _rewrite_dataset(split, shuffle_files, seed=None, *, data_dir, mode, k, group_epochs, shuffle_buffer):
   del shuffle_files  # the curriculum fixes the order of the groups; examples are shuffled inside each group
   if split == "train":
     ds = curriculum.curriculum_dataset(data_dir, split, mode, k, seed=seed or 0, shuffle_buffer=shuffle_buffer,

@@ -19,7 +19,7 @@ INPUTS_LENGTH = 48
 RAW_LENGTH = tasks.raw_length_for(INPUTS_LENGTH)
 GEN_CONFIG = generate.GenerateConfig(
     inputs_length=INPUTS_LENGTH, decode_length=tasks.decode_length_for(INPUTS_LENGTH, RAW_LENGTH),
-    examples_per_shard=6, max_examples=14, batch_size=4, max_span_fill=6)
+    examples_per_shard=6, batch_size=4, max_span_fill=6)
 MARKERS = formatting.SpanMarkers(VOCAB_SIZE, EXTRA_IDS)
 
 
@@ -54,7 +54,8 @@ def _parsed(directory):
 
 
 def test_records_rebuild_the_text_and_fit(generator, tmp_path):
-  stats = generate.generate(generator, masked_examples(), str(tmp_path), "train", {"test": 1}, progress=False)
+  stats = generate.generate(generator, masked_examples(), str(tmp_path), "train", {"test": 1}, 14,
+                            progress=False)
   assert (stats.shards_written, stats.examples, stats.dropped) == (3, 14, 0)
   assert stats.decoder_tokens > 0 and stats.tokens_per_second > 0
   out = _parsed(str(tmp_path))
@@ -84,7 +85,7 @@ def test_records_rebuild_the_text_and_fit(generator, tmp_path):
 
 def test_stopped_run_resumes_to_the_same_dataset(generator, tmp_path, monkeypatch):
   full, resumed = tmp_path / "full", tmp_path / "resumed"
-  generate.generate(generator, masked_examples(), str(full), "train", {}, progress=False)
+  generate.generate(generator, masked_examples(), str(full), "train", {}, 14, progress=False)
 
   real_write = records.write_shard
   calls = []
@@ -99,11 +100,11 @@ def test_stopped_run_resumes_to_the_same_dataset(generator, tmp_path, monkeypatc
 
   monkeypatch.setattr(records, "write_shard", crash_on_second_shard)
   with pytest.raises(KeyboardInterrupt):
-    generate.generate(generator, masked_examples(), str(resumed), "train", {}, progress=False)
+    generate.generate(generator, masked_examples(), str(resumed), "train", {}, 14, progress=False)
   assert list(_read(str(resumed))) == ["train-00000.tfrecord"]  # the partial shard is not visible
   monkeypatch.setattr(records, "write_shard", real_write)
 
-  stats = generate.generate(generator, masked_examples(), str(resumed), "train", {}, progress=False)
+  stats = generate.generate(generator, masked_examples(), str(resumed), "train", {}, 14, progress=False)
   assert (stats.shards_skipped, stats.shards_written) == (1, 2)
   assert _read(str(resumed)) == _read(str(full))
 

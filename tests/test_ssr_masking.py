@@ -68,7 +68,7 @@ def test_mask_statistics():
   # Poisson(3) lengths (the trimmed last draw pulls the mean a little below 3); P(0) = e^-3.
   assert 2.7 < all_lengths.mean() < 3.0, all_lengths.mean()
   assert abs(np.mean(all_lengths == 0) - math.exp(-3)) < 0.01
-  assert abs(np.mean([len(s["starts"]) for s in stats]) - 77 / 2.85) < 1.0
+  assert abs(np.mean([len(s["starts"]) for s in stats]) - 77 / 2.95) < 1.0
   # Spans are spread over the whole sequence.
   starts = np.concatenate([s["starts"] for s in stats])
   assert abs(np.mean(starts) / length - 0.5) < 0.02
