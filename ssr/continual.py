@@ -1,0 +1,344 @@
+r"""Continual pre-training from an SC or SpacTor checkpoint: SSR (with its curriculum) or SC (T5-cont).
+
+  python -m ssr.continual --gin_file=gin/ssr/ssr.gin --gin.INIT_CHECKPOINT="'runs/t5'" \
+      --gin.DATA_DIR="'runs/ssr-data'" --gin.MODEL_DIR="'runs/ssr'"
+  python -m ssr.continual --gin_file=gin/ssr/sc_cont.gin --gin.INIT_CHECKPOINT="'runs/t5'" \
+      --gin.DATA_DIR="'runs/ssr-data'" --gin.MODEL_DIR="'runs/sc-cont'"
+
+The T5 weights (encoder, decoder, embedder; a SpacTor checkpoint's generator and RTD head are left out) come
+from the newest step of INIT_CHECKPOINT; the optimizer state starts fresh. The loop is the project trainer's parts
+(spactor.train's jitted train step, spactor.checkpointing, spactor.metrics_io) around other data and another
+schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation reports the
+validation loss on both objectives (SSR on the generated validation split, SC on the corpus), so runs of either
+objective compare on the same numbers.
+"""
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+import seqio
+
+from spactor import checkpointing, flops, metrics_io, objectives, partitioning, stages
+from spactor import config as config_lib
+from spactor import model as model_lib
+from spactor import preprocessors
+from spactor import train as trainer
+from spactor import vocab as vocab_lib
+from ssr import params as params_lib
+from ssr import records
+from ssr import tasks as ssr_tasks  # registers gin configurables before gin parses; imports tasks.py
+from ssr.tasks import spactor_tasks
+
+log = logging.getLogger("ssr.continual")
+
+OBJECTIVES = ("ssr", "sc")
+
+
+@gin.configurable(module="ssr.continual")
+@dataclasses.dataclass(frozen=True)
+class ContinualConfig:
+  """A continual pre-training run. Defaults are the paper's (Section 4.1); gin/ssr/*.gin sets them all."""
+  model_dir: str
+  init_checkpoint: str
+  objective: str = "ssr"
+  data_dir: Optional[str] = None  # ssr.generate output; needed for SSR training and SSR validation
+  init_step: Optional[int] = None  # None: the newest step of init_checkpoint
+  corpus: str = "sotu"
+  curriculum: str = "loss_length"  # ssr.curriculum.MODES
+  num_groups: int = 5
+  group_epochs: int = 1  # repeats of each group before the next; make one pass of the curriculum span the run
+  curriculum_shuffle_buffer: int = 10_000
+  total_steps: int = 100_000
+  batch_size: int = 512
+  inputs_length: int = 256
+  ssr_targets_length: int = 128
+  learning_rate: float = 5e-5
+  warmup_steps: int = 8000
+  decay: str = "linear"  # after warm-up: 'linear' to 0 at total_steps (Hugging Face's default) or 'constant'
+  optimizer: str = "adamw"  # 'adamw' (Hugging Face's default, which the paper's code used) or 'adafactor'
+  weight_decay: float = 0.0
+  z_loss: float = 1e-4
+  seed: int = 0
+  log_every: int = 100
+  eval_every: int = 5000
+  eval_batches: int = 10
+  checkpoint_every: int = 5000
+  keep_checkpoints: int = 3
+  num_partitions: int = 1
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+    if self.objective == "ssr" and not self.data_dir:
+      raise ValueError("the SSR objective needs DATA_DIR (the output of python -m ssr.generate)")
+    if not self.model_dir or not self.init_checkpoint:
+      raise ValueError("MODEL_DIR and INIT_CHECKPOINT must be set")
+    if os.path.abspath(self.model_dir) == os.path.abspath(self.init_checkpoint):
+      raise ValueError("MODEL_DIR must differ from INIT_CHECKPOINT (the start checkpoint is read, never written)")
+    for name in ("total_steps", "batch_size", "inputs_length", "ssr_targets_length", "log_every", "eval_every",
+                 "checkpoint_every", "keep_checkpoints", "num_groups", "group_epochs", "num_partitions"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.decay not in ("linear", "constant") or self.optimizer not in ("adamw", "adafactor"):
+      raise ValueError(f"decay must be linear/constant and optimizer adamw/adafactor, got {self.decay!r}, "
+                       f"{self.optimizer!r}")
+    if self.warmup_steps < 0 or self.eval_batches < 0:
+      raise ValueError("warmup_steps and eval_batches must be >= 0")
+
+
+def learning_rate_schedule(config: ContinualConfig) -> optax.Schedule:
+  """Linear warm-up from 0 to learning_rate over warmup_steps, then constant or linear decay to 0."""
+  warmup = optax.linear_schedule(0.0, config.learning_rate, config.warmup_steps)
+  after = (optax.constant_schedule(config.learning_rate) if config.decay == "constant" else
+           optax.linear_schedule(config.learning_rate, 0.0, max(config.total_steps - config.warmup_steps, 1)))
+  return optax.join_schedules([warmup, after], [config.warmup_steps])
+
+
+def make_optimizer(config: ContinualConfig) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(config)
+  if config.optimizer == "adamw":
+    return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=config.weight_decay)
+  return optax.adafactor(schedule, decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=False,
+                         momentum=None)
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One objective's data: the task, its lengths and whether its train split may be shuffled by SeqIO."""
+  name: str
+  task: str
+  lengths: dict
+  shuffle: bool
+
+
+def objectives_of(config: ContinualConfig, vocab) -> dict[str, Objective]:
+  out = {"sc": Objective("sc", spactor_tasks.sc_task_name(config.corpus),
+                         {"inputs": config.inputs_length,
+                          "targets": preprocessors.targets_length_for(config.inputs_length)}, shuffle=True)}
+  if config.data_dir and (config.objective == "ssr" or records.list_shards(config.data_dir, "validation")):
+    check_data_fits(config.data_dir, config.inputs_length)
+    task = ssr_tasks.register_rewrite_task(config.data_dir, vocab, config.curriculum, config.num_groups,
+                                           config.group_epochs, config.curriculum_shuffle_buffer)
+    # The curriculum orders the data: SeqIO must not shuffle it.
+    out["ssr"] = Objective("ssr", task, {"inputs": config.inputs_length, "targets": config.ssr_targets_length},
+                           shuffle=False)
+  return out
+
+
+def check_data_fits(data_dir: str, inputs_length: int) -> None:
+  """The generated SSR inputs must fit INPUTS_LENGTH, or SeqIO would cut them (and their markers) short."""
+  for split in ("train", "validation"):
+    path = os.path.join(data_dir, f"generate_config-{split}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        made_for = json.load(f)["generate"]["inputs_length"]
+      if made_for > inputs_length:
+        raise ValueError(f"{data_dir} ({split}) was generated for inputs of {made_for} tokens, longer than "
+                         f"INPUTS_LENGTH={inputs_length}; generate with --inputs_length={inputs_length}")
+
+
+def make_dataset(config: ContinualConfig, objective: Objective, split: str, shuffle: bool, num_epochs=None):
+  ds = seqio.get_dataset(
+      objective.task, task_feature_lengths=objective.lengths, dataset_split=split, shuffle=shuffle,
+      num_epochs=num_epochs, seed=config.seed, shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
+      feature_converter=seqio.EncDecFeatureConverter(pack=False), use_cached=False)
+  return ds.batch(config.batch_size // jax.process_count(), drop_remainder=True).prefetch(2)
+
+
+# --- model, state and steps --------------------------------------------------------------------------------
+
+
+def loss_fn(prefix: str, z_loss: float):
+  """(module, params, batch, rng, enable_dropout) -> (loss, metrics): the decoder's CE on the targets.
+
+  SSR and SC share the loss (spactor.stages.sc_loss); only the data differs.
+  """
+  return functools.partial(stages.sc_loss, z_loss=z_loss, prefix=prefix)
+
+
+def init_state(module, tx, mesh, config: ContinualConfig):
+  """Params from the start checkpoint, placed in their shardings; a fresh optimizer state; step 0."""
+  tokens = jnp.ones((1, 8), jnp.int32)
+  abstract = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), tokens, tokens, tokens))
+  shardings = partitioning.param_shardings(abstract["params_axes"], mesh)
+  params, step = params_lib.restore_t5_params(config.init_checkpoint, module, config.init_step)
+  params = jax.device_put(params, shardings)
+  state = checkpointing.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=jax.jit(tx.init)(params))
+  return state, step
+
+
+def validation_batches(config: ContinualConfig, objective_defs) -> dict[str, list]:
+  """The first eval_batches batches (numpy) of each objective's validation split, read once and kept."""
+  out = {}
+  for name, objective in objective_defs.items():
+    ds = make_dataset(config, objective, "validation", shuffle=False, num_epochs=1).take(config.eval_batches)
+    out[name] = list(ds.as_numpy_iterator())
+    if not out[name]:
+      raise ValueError(f"the {name} validation data has less than one batch of {config.batch_size}; generate "
+                       f"more validation examples or lower BATCH_SIZE")
+  return out
+
+
+def evaluate(batches, module, params, batch_sharding, rng) -> dict[str, float]:
+  """Validation loss and accuracy of every objective, summed over its batches."""
+  out = {}
+  for name, objective_batches in batches.items():
+    eval_fn = _eval_fn(module, name)
+    totals = None
+    for batch in objective_batches:
+      metrics = eval_fn(params, trainer.to_global(batch, batch_sharding), rng)
+      totals = metrics if totals is None else jax.tree.map(jnp.add, totals, metrics)
+    out.update(objectives.summarize(jax.device_get(totals)))
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_fn(module, prefix):
+  return jax.jit(lambda params, batch, rng: stages.sc_loss(module, params, batch, rng, False, z_loss=0.0,
+                                                             prefix=prefix)[1])
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+
+def run(config: ContinualConfig) -> dict[str, Any]:
+  """Trains to total_steps (or until SIGTERM); returns and writes the run summary."""
+  mesh = partitioning.make_mesh(config.num_partitions)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  if config.batch_size % (mesh.shape["data"] * jax.process_count()):
+    raise ValueError(f"BATCH_SIZE={config.batch_size} must divide over {mesh.shape['data']} data-parallel devices "
+                     f"and {jax.process_count()} processes")
+
+  vocab = spactor_tasks.vocabulary(config.corpus)
+  t5 = config_lib.preset(vocab_size=vocab_lib.model_vocab_size(vocab)).t5
+  module = model_lib.SpacTor(t5)
+  objective_defs = objectives_of(config, vocab)
+  objective = objective_defs[config.objective]
+  train_iter = iter(make_dataset(config, objective, "train", shuffle=objective.shuffle))
+
+  tx = make_optimizer(config)
+  base_rng = jax.random.PRNGKey(config.seed)
+  manager = checkpointing.make_manager(config.model_dir, keep=config.keep_checkpoints)
+  with partitioning.logical_context(mesh):
+    state, init_step = init_state(module, tx, mesh, config)
+    template = trainer.abstract_state(state)
+    restored = checkpointing.restore_latest(manager, lambda meta: template, train_iter)
+  if restored is not None:
+    state, _ = restored
+    log.info("restored step %d from %s", int(state.step), manager.directory)
+  else:
+    log.info("starting from %s step %d (T5 weights; fresh optimizer)", config.init_checkpoint, init_step)
+
+  lengths = flops.Lengths(inputs=objective.lengths["inputs"], targets=objective.lengths["targets"])
+  stage = trainer.Stage(config.objective, module, loss_fn(config.objective, config.z_loss), None,
+                        flops.sc_step_flops(t5, lengths, config.batch_size))
+  step_fn = trainer.compile_train_step(stage, tx, base_rng, jax.tree.map(lambda x: x.sharding, state),
+                                       batch_sharding)
+  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
+  flag = trainer.PreemptionFlag()
+  timer = metrics_io.Throughput()
+  progress = metrics_io.ProgressBar(config.total_steps, int(state.step))
+  step = int(state.step)
+  eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
+  extra = {"stage": config.objective}
+  pending = []
+  eval_data = validation_batches(config, objective_defs) if config.eval_batches else {}
+
+  def run_eval():
+    metrics = evaluate(eval_data, module, state.params, batch_sharding, eval_rng)
+    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()}, extra=extra)
+    return metrics
+
+  with partitioning.logical_context(mesh):
+    if step == 0 and config.eval_batches:
+      run_eval()
+    timer.restart()
+    while step < config.total_steps:
+      state, metrics = step_fn(state, trainer.next_batch(train_iter, batch_sharding))
+      step += 1
+      pending.append((step, metrics))
+      timer.tick()
+      boundary = (step % config.log_every == 0 or step % config.eval_every == 0 or step == config.total_steps
+                  or step % config.checkpoint_every == 0 or flag.requested)
+      if not boundary:
+        continue
+      jax.block_until_ready(state)
+      timer.measure(config.objective)
+      loss = float("nan")
+      for s, m in jax.device_get(pending):
+        m = objectives.summarize(m)
+        trainer.check_finite(s, m)
+        loss = m["loss"]
+        if s % config.log_every == 0 or s == config.total_steps:
+          writer.write(s, {f"train/{k}": v for k, v in m.items()},
+                       extra={**extra, "seqs_per_second": timer.seqs_per_second(config.objective, config.batch_size)})
+      pending.clear()
+      progress.update(step, config.objective, loss, timer.seqs_per_second(config.objective, config.batch_size))
+      if config.eval_batches and (step % config.eval_every == 0 or step == config.total_steps):
+        run_eval()
+      if step % config.checkpoint_every == 0 or step == config.total_steps or flag.requested:
+        checkpointing.save(manager, state, train_iter, {"stage": config.objective, "step": step})
+      if flag.requested:
+        break
+      timer.restart()
+  progress.close()
+  writer.close()
+  return write_summary(config, writer.path, timer, preempted=flag.requested)
+
+
+def write_summary(config: ContinualConfig, metrics_path: str, timer, preempted: bool) -> dict[str, Any]:
+  records = metrics_io.read_records(metrics_path) if os.path.exists(metrics_path) else []
+  evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+  train = [r for r in records if "train/loss" in r]
+  result = {
+      "objective": config.objective, "curriculum": config.curriculum if config.objective == "ssr" else None,
+      "init_checkpoint": config.init_checkpoint, "total_steps": config.total_steps, "preempted": preempted,
+      "train_loss": train[-1]["train/loss"] if train else None,
+      "start_eval": {k[5:]: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {},
+      "final_eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
+      "seqs_per_second": timer.seqs_per_second(config.objective, config.batch_size),
+  }
+  if jax.process_index() == 0:
+    final = result["final_eval"]
+    print(f"\n{config.objective} continual pre-training in {config.model_dir}: {config.total_steps} steps, "
+          f"validation " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(final.items()) if k.endswith("_loss")),
+          flush=True)
+    tmp = os.path.join(config.model_dir, "summary.json.tmp")
+    with open(tmp, "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(tmp, os.path.join(config.model_dir, "summary.json"))
+  return result
+
+
+def main(argv: list[str]) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  files, bindings, search_paths, distributed = trainer.parse_flags(argv)
+  if distributed:
+    jax.distributed.initialize(**distributed)
+  jax.config.update("jax_numpy_rank_promotion", "raise")
+  trainer.parse_gin(files, bindings, search_paths)
+  try:
+    config = ContinualConfig()
+  except (TypeError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  try:
+    run(config)
+  except trainer.NonFiniteLossError as e:
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

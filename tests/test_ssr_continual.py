@@ -1,0 +1,99 @@
+"""Continual pre-training has a pulse: the real loop, a tiny T5, tiny SSR data, a few steps; it resumes."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow as tf
+
+from spactor import checkpointing
+from spactor import config as config_lib
+from spactor import model as model_lib
+from spactor import vocab as vocab_lib
+from ssr import continual, params as params_lib, records
+from ssr.tasks import spactor_tasks
+
+
+def _tiny_t5():
+  vocab = spactor_tasks.vocabulary("sotu")
+  return model_lib.SpacTor(config_lib.t5_preset("tiny", vocab_size=vocab_lib.model_vocab_size(vocab))), vocab
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(tmp_path_factory):
+  """A tiny T5 saved as a SpacTor run would save it, with an optimizer state that must not be carried over."""
+  directory = str(tmp_path_factory.mktemp("start"))
+  module, _ = _tiny_t5()
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), tokens, tokens, tokens)["params"]
+  tx = optax.adafactor(1e-3)
+  state = checkpointing.TrainState(step=jnp.array(7, jnp.int32), params=params, opt_state=tx.init(params))
+  checkpointing.save(checkpointing.make_manager(directory), state, iter(tf.data.Dataset.range(2)),
+                     {"stage": "sc", "step": 7})
+  return directory, params
+
+
+def _write_ssr_data(directory, vocab):
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 40), ("validation", 8)):
+    examples = [{"inputs": rng.integers(3, 4000, 50), "targets": rng.integers(3, 4000, 20), "id": i, "num_spans": 3,
+                 "truth_length": 10, "imperfect_length": int(rng.integers(5, 20)),
+                 "generator_loss": float(rng.uniform(5, 50))} for i in range(n)]
+    records.write_shard(records.shard_path(directory, split, 0), [records.encode(e) for e in examples])
+
+
+def _config(model_dir, init, data_dir, steps, objective="ssr"):
+  return continual.ContinualConfig(
+      model_dir=model_dir, init_checkpoint=init, objective=objective, data_dir=data_dir, total_steps=steps,
+      batch_size=2, inputs_length=64, ssr_targets_length=32, warmup_steps=1, learning_rate=1e-3, log_every=1,
+      eval_every=2, eval_batches=1, checkpoint_every=2, curriculum_shuffle_buffer=8)
+
+
+def test_init_keeps_the_weights_and_starts_a_fresh_optimizer(start_checkpoint, tmp_path):
+  init_dir, params = start_checkpoint
+  module, _ = _tiny_t5()
+  config = _config(str(tmp_path / "run"), init_dir, None, 2, objective="sc")
+  tx = continual.make_optimizer(config)
+  mesh = continual.partitioning.make_mesh(1)
+  state, step = continual.init_state(module, tx, mesh, config)
+  assert step == 7 and int(state.step) == 0
+  jax.tree.map(np.testing.assert_array_equal, state.params, params)
+  fresh = tx.init(params)
+  jax.tree.map(np.testing.assert_array_equal, state.opt_state, fresh)
+
+
+def test_ssr_run_trains_evaluates_both_objectives_and_resumes(start_checkpoint, tmp_path):
+  init_dir, params = start_checkpoint
+  _, vocab = _tiny_t5()
+  data_dir, model_dir = str(tmp_path / "data"), str(tmp_path / "ssr")
+  os.makedirs(data_dir)
+  _write_ssr_data(data_dir, vocab)
+
+  summary = continual.run(_config(model_dir, init_dir, data_dir, 2))
+  assert set(summary["final_eval"]) >= {"ssr_loss", "sc_loss"}
+  assert all(np.isfinite(v) for v in summary["final_eval"].values())
+  assert summary["final_eval"]["ssr_loss"] != summary["start_eval"]["ssr_loss"]
+  assert params_lib.checkpoint_steps(model_dir) == [2]
+  trained, _ = params_lib.restore_t5_params(model_dir, _tiny_t5()[0])
+  assert not np.array_equal(trained["decoder"]["decoder_norm"]["scale"], params["decoder"]["decoder_norm"]["scale"])
+
+  summary = continual.run(_config(model_dir, init_dir, data_dir, 3))  # continues from step 2
+  steps = [json.loads(line)["step"] for line in open(os.path.join(model_dir, "metrics.jsonl"))]
+  assert steps == sorted(steps) and steps[-1] == 3 and steps.count(1) == 1
+  assert params_lib.checkpoint_steps(model_dir) == [2, 3]
+
+
+def test_bad_configs_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="DATA_DIR"):
+    continual.ContinualConfig(model_dir="a", init_checkpoint="b", objective="ssr")
+  with pytest.raises(ValueError, match="must differ"):
+    continual.ContinualConfig(model_dir="a", init_checkpoint="a", objective="sc")
+  with pytest.raises(ValueError, match="objective"):
+    continual.ContinualConfig(model_dir="a", init_checkpoint="b", objective="mlm")
+  os.makedirs(tmp_path / "d")
+  (tmp_path / "d" / "generate_config-train.json").write_text(json.dumps({"generate": {"inputs_length": 256}}))
+  with pytest.raises(ValueError, match="--inputs_length=128"):
+    continual.check_data_fits(str(tmp_path / "d"), 128)
