@@ -72,7 +72,12 @@ def list_shards(data_dir, split):
 
 
 def write_shard(path, serialized_examples):
-  """Writes a shard so that it appears complete or not at all: a temporary file, then an atomic rename."""
+  """Writes a shard so that it appears complete or not at all: a temporary file, then an atomic rename.
+
+  Temporary files left by an earlier, stopped attempt at the same shard are removed first.
+  """
+  for stale in tf.io.gfile.glob(f"{path}.tmp-*"):
+    tf.io.gfile.remove(stale)
   tmp = f"{path}.tmp-{os.getpid()}"
   with tf.io.TFRecordWriter(tmp) as writer:
     for record in serialized_examples:

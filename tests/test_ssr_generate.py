@@ -93,7 +93,7 @@ def test_stopped_run_resumes_to_the_same_dataset(generator, tmp_path, monkeypatc
   def crash_on_second_shard(path, serialized):
     calls.append(path)
     if len(calls) == 2:  # die half-way through writing the second shard
-      with open(f"{path}.tmp-{os.getpid()}", "wb") as f:
+      with open(f"{path}.tmp-99999", "wb") as f:
         f.write(serialized[0][:10])
       raise KeyboardInterrupt
     real_write(path, serialized)
@@ -106,6 +106,7 @@ def test_stopped_run_resumes_to_the_same_dataset(generator, tmp_path, monkeypatc
 
   stats = generate.generate(generator, masked_examples(), str(resumed), "train", {}, 14, progress=False)
   assert (stats.shards_skipped, stats.shards_written) == (1, 2)
+  assert not [n for n in os.listdir(resumed) if ".tmp-" in n]  # the partial file of the stopped run is gone
   assert _read(str(resumed)) == _read(str(full))
 
 
