@@ -165,6 +165,14 @@ class LayerNorm(nn.Module):
     return (y * _expand_to(scale, y.ndim)).astype(self.dtype)
 
 
+def dense_general(x: Array, kernel: Array, features: Tuple[int, ...], contract_dims: int, dtype) -> Array:
+  """x's trailing `contract_dims` axes times a 2-D kernel [prod(contracted), prod(features)]."""
+  in_shape = x.shape[x.ndim - contract_dims:]
+  kernel = kernel.astype(dtype).reshape(in_shape + tuple(features))
+  x_axes = tuple(range(x.ndim - contract_dims, x.ndim))
+  return lax.dot_general(x.astype(dtype), kernel, ((x_axes, tuple(range(contract_dims))), ((), ())))
+
+
 class DenseGeneral(nn.Module):
   """Linear map of the trailing `contract_dims` input axes to `features`; 2-D float32 kernel as t5x stores it."""
   features: Tuple[int, ...]
@@ -179,9 +187,7 @@ class DenseGeneral(nn.Module):
     in_shape = x.shape[x.ndim - self.contract_dims:]
     kernel = param_with_axes('kernel', self.kernel_init, (math.prod(in_shape), math.prod(self.features)),
                              jnp.float32, axes=self.kernel_axes)
-    kernel = kernel.astype(self.dtype).reshape(in_shape + tuple(self.features))
-    x_axes = tuple(range(x.ndim - self.contract_dims, x.ndim))
-    y = lax.dot_general(x.astype(self.dtype), kernel, ((x_axes, tuple(range(self.contract_dims))), ((), ())))
+    y = dense_general(x, kernel, self.features, self.contract_dims, self.dtype)
     if self.use_bias:
       bias = param_with_axes('bias', nn.initializers.zeros, (math.prod(self.features),), jnp.float32,
                              axes=self.kernel_axes[-1:])
@@ -217,14 +223,16 @@ class MultiHeadAttention(nn.Module):
   """Multi-head dot-product attention with additive biases; `decode=True` keeps a key/value cache.
 
   As in T5 the logits are not divided by sqrt(head_dim): that factor is folded into the query initializer.
-  Cache: 'cached_key' and 'cached_value' [batch, max_length, heads, head_dim]. The call that creates them (on the
-  full-length input) runs plain attention; later calls pass `decode_index` and exactly one query position,
-  whose key and value are written at that index.
+  Cache: 'cached_key' and 'cached_value' [batch, kv_length, heads, head_dim]. The call that creates them (no
+  `decode_index`) runs plain attention. Later calls pass `decode_index` and one query position. Self-attention
+  writes that position's key and value at the index; cross-attention (cross=True) projects the encoder output
+  once, at index 0, and reuses it for every later position instead of projecting it again at each step.
   """
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
   float32_logits: bool = False
+  cross: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -235,11 +243,13 @@ class MultiHeadAttention(nn.Module):
     query_init = lambda *args: attention_kernel_init(*args) / np.sqrt(self.head_dim).astype(np.float32)
     qkv_axes = ('batch', 'length', 'heads', 'kv')
     query = constrain(project(kernel_init=query_init, name='query')(inputs_q), qkv_axes)
-    key = constrain(project(kernel_init=attention_kernel_init, name='key')(inputs_kv), qkv_axes)
-    value = constrain(project(kernel_init=attention_kernel_init, name='value')(inputs_kv), qkv_axes)
-
-    if decode:
-      key, value = self._use_cache(key, value, decode_index)
+    if decode and decode_index is not None and self.cross:
+      key, value = self._cached_cross_key_value(inputs_kv, decode_index)
+    else:
+      key = constrain(project(kernel_init=attention_kernel_init, name='key')(inputs_kv), qkv_axes)
+      value = constrain(project(kernel_init=attention_kernel_init, name='value')(inputs_kv), qkv_axes)
+      if decode:
+        key, value = self._cached_self_key_value(key, value, decode_index)
 
     if self.float32_logits:
       query, key = query.astype(jnp.float32), key.astype(jnp.float32)
@@ -255,16 +265,32 @@ class MultiHeadAttention(nn.Module):
     return DenseGeneral(features=(inputs_q.shape[-1],), kernel_axes=('joined_kv', 'embed'), contract_dims=2,
                         kernel_init=attention_kernel_init, dtype=self.dtype, name='out')(x)
 
-  def _use_cache(self, key: Array, value: Array, decode_index: Optional[Array]) -> Tuple[Array, Array]:
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, value.shape, value.dtype)
+  def _cache(self, shape: Tuple[int, ...]):
+    return (self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype),
+            self.variable('cache', 'cached_value', jnp.zeros, shape, self.dtype))
+
+  def _cached_self_key_value(self, key: Array, value: Array, decode_index: Optional[Array]):
+    cached_key, cached_value = self._cache(key.shape)
     if decode_index is None:  # the call that creates the cache
       return key, value
     if key.shape[1] != 1:
       raise ValueError(f'cached decoding takes one position per call, got length {key.shape[1]}')
-    cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key, decode_index, axis=1)
-    cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value, decode_index, axis=1)
+    cached_key.value = lax.dynamic_update_slice_in_dim(cached_key.value, key.astype(self.dtype), decode_index, 1)
+    cached_value.value = lax.dynamic_update_slice_in_dim(cached_value.value, value.astype(self.dtype),
+                                                         decode_index, 1)
     return cached_key.value, cached_value.value
+
+  def _cached_cross_key_value(self, inputs_kv: Array, decode_index: Array):
+    cached_key, cached_value = self._cache(inputs_kv.shape[:2] + (self.num_heads, self.head_dim))
+    params = self.variables['params']  # read directly: Flax modules cannot be called inside lax.cond
+
+    def project():
+      return tuple(dense_general(inputs_kv, params[name]['kernel'], (self.num_heads, self.head_dim), 1, self.dtype)
+                   for name in ('key', 'value'))
+
+    key, value = lax.cond(decode_index == 0, project, lambda: (cached_key.value, cached_value.value))
+    cached_key.value, cached_value.value = key, value
+    return key, value
 
 
 class MlpBlock(nn.Module):
@@ -286,9 +312,10 @@ class MlpBlock(nn.Module):
     return DenseGeneral(features=(x.shape[-1],), kernel_axes=('mlp', 'embed'), dtype=self.dtype, name='wo')(h)
 
 
-def _attention(cfg: T5Config, name: str) -> MultiHeadAttention:
+def _attention(cfg: T5Config, name: str, cross: bool = False) -> MultiHeadAttention:
   return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
-                            float32_logits=cfg.float32_attention_logits, dtype=jnp.dtype(cfg.dtype), name=name)
+                            float32_logits=cfg.float32_attention_logits, cross=cross, dtype=jnp.dtype(cfg.dtype),
+                            name=name)
 
 
 def _mlp(cfg: T5Config) -> MlpBlock:
@@ -330,7 +357,9 @@ class DecoderLayer(nn.Module):
                                           decode_index=decode_index)
     x = _residual(x, y, cfg, deterministic)
     y = LayerNorm(dtype=dtype, name='pre_cross_attention_layer_norm')(x)
-    y = _attention(cfg, 'encoder_decoder_attention')(y, encoded, cross_biases, deterministic=deterministic)
+    y = _attention(cfg, 'encoder_decoder_attention', cross=True)(y, encoded, cross_biases,
+                                                                  deterministic=deterministic, decode=decode,
+                                                                  decode_index=decode_index)
     x = _residual(x, y, cfg, deterministic)
     y = LayerNorm(dtype=dtype, name='pre_mlp_layer_norm')(x)
     return _residual(x, _mlp(cfg)(y, deterministic), cfg, deterministic)
