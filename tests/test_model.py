@@ -26,12 +26,6 @@ VOCAB = 64  # small vocabulary for the tests that run the model
 VERSIONS = config_lib.VERSIONS
 
 
-@pytest.fixture(autouse=True)
-def strict_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def tiny(version='t5_1_0', **overrides):
   return config_lib.preset('tiny', version, vocab_size=VOCAB, **overrides)
 
