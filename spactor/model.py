@@ -7,7 +7,9 @@ from t5x's network, each for a reason:
 - the untied output projection is the top-level param `logits_dense` (t5x nests it in `decoder`), so the stage
   switch keeps exactly the top-level keys of a plain T5 (docs/design.md);
 - token embedding is a gather, not a one-hot matmul (a one-hot of [batch, length, 32128] is waste on CPU and GPU;
-  XLA partitions gathers of a vocab-sharded table).
+  XLA partitions gathers of a vocab-sharded table);
+- cached decoding projects the encoder output to cross-attention keys and values once (at step 0) and keeps them
+  in the cache; t5x projects it again at every step, which dominates the cost of a decoding step.
 
 Stage 1 (generator and rtd_head configs given) adds the params `generator` and `rtd_head`; with both None the
 model is a plain T5 (the SC baseline and stage 2). `__call__` never touches stage-1 modules, so
