@@ -111,7 +111,7 @@ def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, 
   Returns:
     dict of `tokens` int32 [B, max_length] (pad after EOS), `fill_mask` bool [B, max_length] (True at sampled
     fill tokens), `token_nll` float32 [B, max_length] (0 where forced), `loss` float32 [B] (sum of token_nll),
-    `num_fill_tokens` int32 [B], `num_steps` int32 (decoder steps run, for throughput).
+    `num_fill_tokens` int32 [B].
   """
   batch = encoder_tokens.shape[0]
   encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False, method="encode")
@@ -153,9 +153,9 @@ def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, 
   carry = (jnp.zeros((), jnp.int32), state, zeros, jnp.zeros((batch, max_length), jnp.int32),
            jnp.zeros((batch, max_length), bool), jnp.zeros((batch, max_length), jnp.float32), zeros, zeros,
            num_spans <= 0)
-  steps, _, _, tokens, fill_mask, nll, _, _, _ = jax.lax.while_loop(cond, body, carry)
+  _, _, _, tokens, fill_mask, nll, _, _, _ = jax.lax.while_loop(cond, body, carry)
   return {"tokens": tokens, "fill_mask": fill_mask, "token_nll": nll, "loss": nll.sum(axis=1),
-          "num_fill_tokens": fill_mask.sum(axis=1).astype(jnp.int32), "num_steps": steps}
+          "num_fill_tokens": fill_mask.sum(axis=1).astype(jnp.int32)}
 
 
 def split_fills(tokens, fill_mask, num_spans, vocab: InfillVocab):

@@ -9,7 +9,8 @@ trained to produce; `</s_i>` uses the upper extra ids, which span corruption at 
 at most ~30 sentinels).
 
 SSR input:  text with span i as `<s_i> imperfect_i </s_i>`;  SSR target: `<s_1> truth_1 <s_2> truth_2 ...`.
-Downstream (fine-tuning) example for an SSR model: input `<s_1> whole input </s_1>`, target `<s_1> output`. EOS is appended by the task (seqio convention).
+Downstream (fine-tuning) example for an SSR model: input `<s_1> whole input </s_1>`, target `<s_1> output`.
+EOS is appended by the task (seqio convention).
 """
 import dataclasses
 

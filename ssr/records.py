@@ -43,7 +43,7 @@ def encode(example: dict) -> bytes:
       feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))
     else:
       feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def parse(serialized, with_sequences=True):

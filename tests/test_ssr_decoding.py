@@ -23,7 +23,8 @@ BUDGET = np.array([16, 10, 5, 16, 16], np.int32)
 def setup():
   model = model_lib.SpacTor(CONFIG)
   enc = jnp.asarray(np.random.default_rng(0).integers(2, 100, (B, LE)), jnp.int32)
-  params = jax.jit(model.init)(jax.random.PRNGKey(0), enc, jnp.ones((B, D), jnp.int32), jnp.ones((B, D), jnp.int32))["params"]
+  dec = jnp.ones((B, D), jnp.int32)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), enc, dec, dec)["params"]
   # Sharpen the output distribution so that nucleus truncation cuts deep.
   params["token_embedder"]["embedding"] = params["token_embedder"]["embedding"] * 4.0
   return model, params, enc
