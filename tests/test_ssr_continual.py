@@ -99,3 +99,24 @@ def test_bad_configs_are_refused(tmp_path):
   (tmp_path / "d" / "generate_config-train.json").write_text(json.dumps({"generate": {"inputs_length": 256}}))
   with pytest.raises(ValueError, match="--inputs_length=128"):
     continual.check_data_fits(str(tmp_path / "d"), 128)
+
+
+def test_t5_params_from_a_spactor_stage_1_checkpoint(tmp_path):
+  """SSR starts from a SpacTor run too: its generator and RTD head are not read; a wrong size is named."""
+  t5, generator, rtd_head = config_lib.preset("tiny", vocab_size=256)
+  full = model_lib.SpacTor(t5, generator, rtd_head)
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(lambda: full.init(jax.random.PRNGKey(1), tokens, tokens, tokens,
+                                     method=model_lib.SpacTor.init_all))()["params"]
+  state = checkpointing.TrainState(step=jnp.array(3, jnp.int32), params=params,
+                                   opt_state=optax.adafactor(1e-3).init(params))
+  checkpointing.save(checkpointing.make_manager(str(tmp_path)), state, iter(tf.data.Dataset.range(2)),
+                     {"stage": "hybrid", "step": 3})
+  restored, step = params_lib.restore_t5_params(str(tmp_path), model_lib.SpacTor(t5))
+  assert step == 3 and set(restored) == {"token_embedder", "encoder", "decoder"}
+  jax.tree.map(np.testing.assert_array_equal, restored, {k: params[k] for k in restored})
+  wider = config_lib.T5Config(**{**t5.__dict__, "emb_dim": 64})
+  with pytest.raises(ValueError, match="size / version / vocabulary"):
+    params_lib.restore_t5_params(str(tmp_path), model_lib.SpacTor(wider))
+  with pytest.raises(FileNotFoundError, match="no checkpoint step 9"):
+    params_lib.restore_t5_params(str(tmp_path), model_lib.SpacTor(t5), step=9)

@@ -1,0 +1,55 @@
+"""Every gin file of gin/ssr parses into its config, with the paper's settings and the CPU override."""
+import gin
+import pytest
+
+from spactor import config as config_lib
+from spactor import train
+from ssr import continual
+
+REQUIRED = ['MODEL_DIR = "/tmp/unused"', 'INIT_CHECKPOINT = "/tmp/start"', 'DATA_DIR = "/tmp/data"']
+
+
+@pytest.fixture
+def parse(monkeypatch):
+  monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
+
+  def _parse(files, bindings=()):
+    train.parse_gin(files, [*REQUIRED, *bindings], [])
+    return continual.ContinualConfig()
+  yield _parse
+  gin.clear_config()
+
+
+def test_ssr_at_the_papers_settings(parse):
+  config = parse(["gin/ssr/ssr.gin"])
+  assert (config.objective, config.curriculum, config.num_groups) == ("ssr", "loss_length", 5)
+  assert (config.inputs_length, config.batch_size, config.total_steps) == (256, 512, 100_000)
+  assert (config.learning_rate, config.warmup_steps, config.optimizer, config.corpus) == (5e-5, 8000, "adamw", "c4")
+  assert config_lib.preset().t5.emb_dim == 768  # T5-base
+  schedule = continual.learning_rate_schedule(config)
+  assert schedule(0) == 0 and abs(schedule(4000) - 2.5e-5) < 1e-12 and abs(schedule(8000) - 5e-5) < 1e-12
+  assert schedule(100_000) == 0
+
+
+@pytest.mark.parametrize("objective_file, objective", [("gin/ssr/ssr.gin", "ssr"), ("gin/ssr/sc_cont.gin", "sc")])
+def test_cpu_override(parse, objective_file, objective):
+  config = parse([objective_file, "gin/ssr/cpu.gin"])
+  assert config.objective == objective
+  assert (config.corpus, config.inputs_length, config.batch_size) == ("sotu", 128, 16)
+  assert config_lib.preset().t5.emb_dim == 128  # tiny
+
+
+def test_curriculum_knobs(parse):
+  config = parse(["gin/ssr/ssr.gin", "gin/ssr/cpu.gin"], ["CURRICULUM = 'anti'", "GROUP_EPOCHS = 3"])
+  assert (config.curriculum, config.group_epochs) == ("anti", 3)
+
+
+def test_demo_generator_is_a_tiny_sc_run(monkeypatch):
+  monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
+  try:
+    train.parse_gin(["gin/ssr/demo_generator.gin"], ['MODEL_DIR = "/tmp/unused"'], [])
+    config = train.TrainConfig()
+    assert (config.tau, config.corpus, config.inputs_length, config.keep_checkpoints) == (0, "sotu", 128, 10)
+    assert config_lib.preset().t5.emb_dim == 128
+  finally:
+    gin.clear_config()
