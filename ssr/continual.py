@@ -59,7 +59,7 @@ class ContinualConfig:
   total_steps: int = 100_000
   batch_size: int = 512
   inputs_length: int = 256
-  ssr_targets_length: int = 128
+  ssr_targets_length: Optional[int] = None  # None: the longest target the generated data can hold
   learning_rate: float = 5e-5
   warmup_steps: int = 8000
   decay: str = "linear"  # after warm-up: 'linear' to 0 at total_steps (Hugging Face's default) or 'constant'
@@ -83,7 +83,9 @@ class ContinualConfig:
       raise ValueError("MODEL_DIR and INIT_CHECKPOINT must be set")
     if os.path.abspath(self.model_dir) == os.path.abspath(self.init_checkpoint):
       raise ValueError("MODEL_DIR must differ from INIT_CHECKPOINT (the start checkpoint is read, never written)")
-    for name in ("total_steps", "batch_size", "inputs_length", "ssr_targets_length", "log_every", "eval_every",
+    if self.ssr_targets_length is not None and self.ssr_targets_length <= 0:
+      raise ValueError(f"ssr_targets_length must be positive, got {self.ssr_targets_length}")
+    for name in ("total_steps", "batch_size", "inputs_length", "log_every", "eval_every",
                  "checkpoint_every", "keep_checkpoints", "num_groups", "group_epochs", "num_partitions"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -127,25 +129,34 @@ def objectives_of(config: ContinualConfig, vocab) -> dict[str, Objective]:
                          {"inputs": config.inputs_length,
                           "targets": preprocessors.targets_length_for(config.inputs_length)}, shuffle=True)}
   if config.data_dir and (config.objective == "ssr" or records.list_shards(config.data_dir, "validation")):
-    check_data_fits(config.data_dir, config.inputs_length)
     task = ssr_tasks.register_rewrite_task(config.data_dir, vocab, config.curriculum, config.num_groups,
                                            config.group_epochs, config.curriculum_shuffle_buffer)
+    targets = ssr_targets_length(config.data_dir, config.inputs_length)  # also checks the inputs length
+    lengths = {"inputs": config.inputs_length, "targets": config.ssr_targets_length or targets}
     # The curriculum orders the data: SeqIO must not shuffle it.
-    out["ssr"] = Objective("ssr", task, {"inputs": config.inputs_length, "targets": config.ssr_targets_length},
-                           shuffle=False)
+    out["ssr"] = Objective("ssr", task, lengths, shuffle=False)
   return out
 
 
-def check_data_fits(data_dir: str, inputs_length: int) -> None:
-  """The generated SSR inputs must fit INPUTS_LENGTH, or SeqIO would cut them (and their markers) short."""
+def ssr_targets_length(data_dir: str, inputs_length: int) -> int:
+  """A targets length that holds every generated example, from the data's generate_config-*.json.
+
+  Refuses data generated for longer inputs than INPUTS_LENGTH: SeqIO would cut them (and their markers) short.
+  Without settings files, assumes data made for INPUTS_LENGTH with the default masking.
+  """
+  lengths = []
   for split in ("train", "validation"):
     path = os.path.join(data_dir, f"generate_config-{split}.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        made_for = json.load(f)["generate"]["inputs_length"]
-      if made_for > inputs_length:
-        raise ValueError(f"{data_dir} ({split}) was generated for inputs of {made_for} tokens, longer than "
-                         f"INPUTS_LENGTH={inputs_length}; generate with --inputs_length={inputs_length}")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      settings = json.load(f)
+    made_for = settings["generate"]["inputs_length"]
+    if made_for > inputs_length:
+      raise ValueError(f"{data_dir} ({split}) was generated for inputs of {made_for} tokens, longer than "
+                       f"INPUTS_LENGTH={inputs_length}; generate with --inputs_length={inputs_length}")
+    lengths.append(ssr_tasks.targets_length_for(settings["raw_length"], settings["noise_density"]))
+  return max(lengths) if lengths else ssr_tasks.targets_length_for(ssr_tasks.raw_length_for(inputs_length))
 
 
 def make_dataset(config: ContinualConfig, objective: Objective, split: str, shuffle: bool, num_epochs=None):

@@ -18,13 +18,12 @@ depend on its batch, shard or device count (a resumed or re-sharded run writes t
 """
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from spactor import model as model_lib
-from ssr import sampling
+from ssr import masking, sampling
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -54,7 +53,7 @@ class InfillVocab:
     return self.vocab_size - self.extra_ids
 
   def sentinel(self, k):
-    return self.vocab_size - 1 - k
+    return masking.sentinel_id(self.vocab_size, k)
 
 
 def _step_logits_cached(model, params, encoded, encoder_tokens, max_length):

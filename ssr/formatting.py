@@ -18,6 +18,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from ssr import masking
+
 
 @dataclasses.dataclass(frozen=True)
 class SpanMarkers:
@@ -32,22 +34,18 @@ class SpanMarkers:
                        f"{self.extra_ids}.")
 
   def open(self, i):
-    """Id of `<s_{i+1}>` (i counts from 0)."""
+    """Id of `<s_{i+1}>` (i counts from 0): T5 sentinel i."""
     self._check(i)
-    return self.vocab_size - 1 - i
+    return masking.sentinel_id(self.vocab_size, i)
 
   def close(self, i):
-    """Id of `</s_{i+1}>` (i counts from 0)."""
+    """Id of `</s_{i+1}>` (i counts from 0): T5 sentinel max_spans + i."""
     self._check(i)
-    return self.vocab_size - 1 - self.max_spans - i
+    return masking.sentinel_id(self.vocab_size, self.max_spans + i)
 
   def _check(self, i):
     if not 0 <= i < self.max_spans:
       raise ValueError(f"span index {i} is outside [0, {self.max_spans}): SSR marks at most {self.max_spans} spans.")
-
-  @property
-  def first_extra_id(self):
-    return self.vocab_size - self.extra_ids
 
 
 def span_markers(vocab: seqio.SentencePieceVocabulary, max_spans=50) -> SpanMarkers:

@@ -85,9 +85,14 @@ def span_contents(tokens, starts, lengths, span_ids):
   return _interleave(tokens, noise_mask(tf.size(tokens), starts, lengths), starts, span_ids)
 
 
+def sentinel_id(vocab_size, k):
+  """T5 sentinel k of a seqio vocabulary with extra ids (ints, numpy, jnp or tf): vocab_size - 1 - k."""
+  return vocab_size - 1 - k
+
+
 def sentinel_ids(vocab_size, num_spans):
-  """T5 sentinels 0..num_spans-1 of a seqio vocabulary with extra ids: sentinel k = vocab_size - 1 - k."""
-  return vocab_size - 1 - tf.range(num_spans)
+  """T5 sentinels 0..num_spans-1 (tf)."""
+  return sentinel_id(vocab_size, tf.range(num_spans))
 
 
 @seqio.map_over_dataset(num_seeds=3)

@@ -45,6 +45,12 @@ def decode_length_for(inputs_length: int, raw_length: int, noise_density: float 
   return -(-longest // 8) * 8
 
 
+def targets_length_for(raw_length: int, noise_density: float = masking.DEFAULT_NOISE_DENSITY,
+                       max_spans: int = masking.DEFAULT_MAX_SPANS) -> int:
+  """The longest SSR target (EOS included): every masked token, one marker per span (at most max_spans), EOS."""
+  return round(raw_length * noise_density) + max_spans + 1
+
+
 @gin.configurable(module="ssr.tasks")
 def ssr_masking(dataset, sequence_length, output_features, noise_density=masking.DEFAULT_NOISE_DENSITY,
                 mean_span_length=masking.DEFAULT_MEAN_SPAN_LENGTH, max_spans=masking.DEFAULT_MAX_SPANS,

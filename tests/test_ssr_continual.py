@@ -96,9 +96,11 @@ def test_bad_configs_are_refused(tmp_path):
   with pytest.raises(ValueError, match="objective"):
     continual.ContinualConfig(model_dir="a", init_checkpoint="b", objective="mlm")
   os.makedirs(tmp_path / "d")
-  (tmp_path / "d" / "generate_config-train.json").write_text(json.dumps({"generate": {"inputs_length": 256}}))
+  settings = {"generate": {"inputs_length": 256}, "raw_length": 188, "noise_density": 0.3}
+  (tmp_path / "d" / "generate_config-train.json").write_text(json.dumps(settings))
   with pytest.raises(ValueError, match="--inputs_length=128"):
-    continual.check_data_fits(str(tmp_path / "d"), 128)
+    continual.ssr_targets_length(str(tmp_path / "d"), 128)
+  assert continual.ssr_targets_length(str(tmp_path / "d"), 256) == 56 + 50 + 1  # masked tokens, markers, EOS
 
 
 def test_t5_params_from_a_spactor_stage_1_checkpoint(tmp_path):

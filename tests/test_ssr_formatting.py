@@ -13,7 +13,6 @@ MARKERS = formatting.SpanMarkers(vocab_size=1000)
 def test_marker_ids():
   assert [MARKERS.open(i) for i in (0, 1, 49)] == [999, 998, 950]
   assert [MARKERS.close(i) for i in (0, 1, 49)] == [949, 948, 900]
-  assert MARKERS.first_extra_id == 900
   with pytest.raises(ValueError, match="at most 50 spans"):
     MARKERS.open(50)
   with pytest.raises(ValueError, match="need 120 extra ids"):
