@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import seqio
+import tensorflow as tf
 
 from spactor import checkpointing, config as config_lib, feature_converters, flops, metrics_io
 from spactor import model as model_lib, objectives, partitioning, preprocessors, stages, vocab as vocab_lib
@@ -61,7 +62,7 @@ class TrainConfig:
   checkpoint_every: int = 1000
   keep_checkpoints: int = 3
   num_partitions: int = 1  # model-parallel ways; the rest of the devices are data-parallel
-  shuffle_buffer: Optional[int] = None  # None: seqio's default
+  data_shards: Optional[int] = None  # None: one per process; set it to keep the data order across host counts
   plot: bool = True
 
   def __post_init__(self):
@@ -72,6 +73,8 @@ class TrainConfig:
     for name in ('total_steps', 'batch_size', 'inputs_length', 'log_every', 'eval_every', 'checkpoint_every',
                  'keep_checkpoints', 'num_partitions', 'warmup_steps'):
       positive(name)
+    if self.data_shards is not None:
+      positive('data_shards')
     if self.tau is not None:
       if not isinstance(self.tau, int) or self.tau < 0:
         raise ValueError(f'TAU must be a non-negative integer or None (hybrid throughout), got {self.tau!r}')
@@ -120,14 +123,33 @@ def max_mlm_positions(inputs_length: int) -> int:
   return min(inputs_length, int(round(ratio * inputs_length)) + 1)
 
 
-def make_dataset(config: TrainConfig, split: str, per_process_batch: int, shuffle: bool, num_epochs=None):
-  """Batched model features of the corpus's hybrid task for this process's shard (a tf.data.Dataset)."""
-  ds = seqio.get_dataset(
+def process_shards(config: TrainConfig) -> tuple[range, int]:
+  """The data shards this process reads, and how many there are in all.
+
+  Shards, not processes, fix the data order: with data_shards set, a run gives the same global batches on any
+  number of processes that divides it (and can be resumed on another number of hosts).
+  """
+  num_shards = config.data_shards or jax.process_count()
+  if num_shards % jax.process_count() or config.batch_size % num_shards:
+    raise ValueError(f'data_shards={num_shards} must be a multiple of the {jax.process_count()} processes and '
+                     f'divide BATCH_SIZE={config.batch_size}')
+  per_process = num_shards // jax.process_count()
+  return range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process), num_shards
+
+
+def make_dataset(config: TrainConfig, split: str, shuffle: bool, num_epochs=None):
+  """This process's rows of every global batch: batch_size / data_shards rows from each of its shards."""
+  shard_ids, num_shards = process_shards(config)
+  parts = [seqio.get_dataset(
       tasks.hybrid_task_name(config.corpus), task_feature_lengths=task_lengths(config.inputs_length),
       dataset_split=split, shuffle=shuffle, num_epochs=num_epochs, seed=config.seed,
-      shard_info=seqio.ShardInfo(jax.process_index(), jax.process_count()),
-      feature_converter=feature_converters.SpacTorFeatureConverter(pack=False), use_cached=False)
-  return ds.batch(per_process_batch, drop_remainder=True).prefetch(2)
+      shard_info=seqio.ShardInfo(index, num_shards),
+      feature_converter=feature_converters.SpacTorFeatureConverter(pack=False),
+      use_cached=False).batch(config.batch_size // num_shards, drop_remainder=True) for index in shard_ids]
+  if len(parts) > 1:
+    parts = [tf.data.Dataset.zip(tuple(parts)).map(
+        lambda *batches: {k: tf.concat([b[k] for b in batches], axis=0) for k in batches[0]})]
+  return parts[0].prefetch(2)
 
 
 def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -229,8 +251,7 @@ def evaluate(eval_step, params, config: TrainConfig, batch_sharding, rng) -> dic
   """Validation metrics over the first `eval_batches` batches of the validation split (same every time)."""
   if config.eval_batches == 0:
     return {}
-  per_process = config.batch_size // jax.process_count()
-  ds = make_dataset(config, 'validation', per_process, shuffle=False, num_epochs=1).take(config.eval_batches)
+  ds = make_dataset(config, 'validation', shuffle=False, num_epochs=1).take(config.eval_batches)
   totals = None
   for batch in ds:
     metrics = eval_step(params, to_global(jax.tree.map(lambda t: t.numpy(), batch), batch_sharding), rng)
@@ -280,8 +301,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
 
   # Input.
   vocab = tasks.vocabulary(config.corpus)
-  per_process_batch = config.batch_size // jax.process_count()
-  train_iter = iter(make_dataset(config, 'train', per_process_batch, shuffle=True))
+  train_iter = iter(make_dataset(config, 'train', shuffle=True))
 
   # Model and optimizer.
   stage_defs = build_stages(config, vocab)

@@ -28,3 +28,35 @@ def test_sharded_run_matches_single_device_run(tmp_path):
   assert done.returncode == 0, done.stderr[-3000:]
   assert train_losses(sharded_dir) == pytest.approx(train_losses(tmp_path / 'one'), rel=2e-4)
   assert os.listdir(sharded_dir / 'checkpoints') == ['4']  # written once, not once per device
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_reading_the_same_shards(tmp_path):
+  """jax.distributed with two CPU processes: each reads its data shard, the global batch is the same."""
+  settings = {**SETTINGS, 'data_shards': 2}
+  train.run(train.TrainConfig(model_dir=str(tmp_path / 'one'), **settings))
+  two = tmp_path / 'two'
+  port = _free_port()
+  procs = []
+  for index in range(2):
+    script = ('import jax; '
+              f'jax.distributed.initialize("localhost:{port}", num_processes=2, process_id={index}); '
+              'from spactor import train; '
+              f'train.run(train.TrainConfig(model_dir={str(two)!r}, **{settings!r}))')
+    env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'gloo'}
+    procs.append(subprocess.Popen([sys.executable, '-c', script], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+  for proc in procs:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-3000:]
+  assert train_losses(two) == pytest.approx(train_losses(tmp_path / 'one'), rel=1e-5)
+  assert sorted(os.listdir(two / 'checkpoints')) == ['4']
+  assert sorted(f for f in os.listdir(two / 'checkpoints' / '4' / 'data') if f.startswith('process_')) == [
+      'process_0-of-2.data-00000-of-00001', 'process_0-of-2.index',
+      'process_1-of-2.data-00000-of-00001', 'process_1-of-2.index']
