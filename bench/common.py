@@ -71,13 +71,17 @@ def cpu_model() -> str:
   return platform.processor() or 'unknown'
 
 
+LOAD_AT_START = load_average()  # when the benchmark process started (this module is imported first)
+
+
 def machine_facts(extra: Optional[dict] = None) -> dict[str, Any]:
   """What a reader needs to compare figures: date, CPU, cores, load, Python and library versions."""
   facts = {
       'date': datetime.date.today().isoformat(),
       'cpu': cpu_model(),
       'cores': os.cpu_count(),
-      'load_average_1_5_15': [round(x, 2) for x in load_average()],
+      'load_average_1_5_15_at_start': [round(x, 2) for x in LOAD_AT_START],
+      'load_average_1_5_15_at_end': [round(x, 2) for x in load_average()],
       'python': platform.python_version(),
   }
   from importlib import metadata

@@ -40,7 +40,7 @@ def hybrid_dataset(batch_size: int, inputs_length: int, seed: int):
   from spactor import train
   config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
                              batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', seed=seed)
-  return train.make_dataset(config, 'train', batch_size, shuffle=True)
+  return train.make_dataset(config, 'train', shuffle=True)
 
 
 def sc_dataset(batch_size: int, inputs_length: int, seed: int):
@@ -80,32 +80,41 @@ def main(argv=None) -> list[dict]:
       'sc': (sc_dataset, args.batch, args.inputs_length),
       'ssr_masking': (ssr_dataset, args.ssr_batch, args.ssr_inputs_length),
   }
+  consumers = {}  # name -> (description, examples per call, blocking call); compiled before any timing
+  if not args.skip_consumers:
+    bench = common.build_step_benches(args.size, args.batch, args.inputs_length, stages=('hybrid',))['hybrid']
+    consumers['train'] = (f'stage-1 train step ({args.size})', args.batch * args.train_steps,
+                          lambda: bench.run(args.train_steps))
+    from bench import ssr_generation
+    fns, _, _, _ = ssr_generation.build_decoders(args.size, args.ssr_batch, args.ssr_inputs_length,
+                                                 modes=('kv_cache',))
+    consumers['ssr'] = (f'ssr.generate infill, KV cache ({args.size})', args.ssr_batch, fns['kv_cache'])
+    for _, _, fn in consumers.values():
+      fn()  # warm-up
+  consumer_of = {'hybrid': 'train', 'sc': 'train', 'ssr_masking': 'ssr'}
+
+  # Each repetition times every pipeline (a fresh iterator, new seed) and then every consumer, so that a
+  # pipeline and its consumer are measured minutes apart at most, under the same load.
   rates = {name: [] for name in pipelines}
-  for rep in range(args.reps):  # a fresh iterator each repetition (new seed): no cache effects between them
+  consumed = {name: [] for name in consumers}
+  for rep in range(args.reps):
     for name, (make, batch, length) in pipelines.items():
       rates[name].append(examples_per_second(make(batch, length, seed=rep), batch, args.examples,
                                              args.warmup_batches))
       print(f'rep {rep} {name}: {rates[name][-1]:.0f} examples/s', flush=True)
-
-  consumers = {}
-  if not args.skip_consumers:
-    bench = common.build_step_benches(args.size, args.batch, args.inputs_length, stages=('hybrid',))['hybrid']
-    step_times = common.interleaved({'step': lambda: bench.run(args.train_steps)}, reps=args.reps)['step']
-    consumers['hybrid'] = ('stage-1 train step', args.batch * args.train_steps / common.median(step_times))
-    consumers['sc'] = consumers['hybrid']
-    from bench import ssr_generation
-    gen = ssr_generation.measure(args.size, args.ssr_batch, args.ssr_inputs_length, reps=args.reps,
-                                 compare_uncached=False)[0]
-    consumers['ssr_masking'] = ('ssr.generate infill (KV cache)', gen['examples_per_s'])
+    for name, (_, examples, fn) in consumers.items():
+      consumed[name].append(examples / common.time_call(fn))
+      print(f'rep {rep} consumer {name}: {consumed[name][-1]:.1f} examples/s', flush=True)
 
   rows = []
   for name, (_, batch, length) in pipelines.items():
     rate = common.median(rates[name])
-    consumer, consumed = consumers.get(name, ('-', float('nan')))
+    consumer = consumer_of[name]
+    consumer_rate = common.median(consumed[consumer]) if consumer in consumers else float('nan')
     rows.append({'pipeline': name, 'batch': batch, 'inputs': length, 'examples_per_s': rate,
-                 'consumer': f'{consumer} ({args.size})' if consumer != '-' else '-',
-                 'consumer_examples_per_s': consumed, 'headroom': rate / consumed,
-                 'target_met': (rate / consumed >= 5) if consumed == consumed else 'n/a'})
+                 'consumer': consumers[consumer][0] if consumer in consumers else '-',
+                 'consumer_examples_per_s': consumer_rate, 'headroom': rate / consumer_rate,
+                 'target_met': (rate / consumer_rate >= 5) if consumer_rate == consumer_rate else 'n/a'})
   notes = ['examples_per_s: median over repetitions of the steady-state rate (tf.data on all cores, alone).',
            'headroom = pipeline rate / consumer rate, both measured in this run; target >= 5.']
   common.report('Data pipeline throughput vs consumption', rows, common.machine_facts(), args.json, notes=notes)

@@ -75,41 +75,46 @@ def load_generator(size: str, vocab, checkpoint_dir=None, seed: int = 0):
   return module, params
 
 
-def measure(size: str = 'tiny', batch_size: int = 32, inputs_length: int = 256, reps: int = 3,
-            checkpoint_dir=None, compare_uncached: bool = True) -> list[dict]:
+def build_decoders(size: str = 'tiny', batch_size: int = 32, inputs_length: int = 256, checkpoint_dir=None,
+                   modes=('kv_cache', 'no_cache')) -> tuple[dict, dict, dict, object]:
+  """({mode: blocking call of the compiled infill on the batch}, {mode: its output}, {mode: compile s}, config)."""
   import time
   import jax
-  import numpy as np
   inputs, config, vocab = generator_inputs(batch_size, inputs_length)
   module, params = load_generator(size, vocab, checkpoint_dir)
   key = jax.random.PRNGKey(config.seed)
   args = (params, inputs['encoder_tokens'], inputs['num_spans'], inputs['budget'], inputs['example_ids'], key)
-  modes = {'kv_cache': True, 'no_cache': False} if compare_uncached else {'kv_cache': True}
   fns, outputs, compile_s = {}, {}, {}
-  for name, use_cache in modes.items():
+  for name in modes:
     start = time.perf_counter()
-    compiled = make_infill(module, config, vocab, use_cache).lower(*args).compile()
+    compiled = make_infill(module, config, vocab, use_cache=name == 'kv_cache').lower(*args).compile()
     compile_s[name] = time.perf_counter() - start
     outputs[name] = jax.device_get(compiled(*args))
     fns[name] = functools.partial(lambda c: jax.block_until_ready(c(*args)), compiled)
-  times = common.interleaved(fns, reps=reps, warmup=0)
+  return fns, outputs, compile_s, config
+
+
+def measure(size: str = 'tiny', batch_size: int = 32, inputs_length: int = 256, reps: int = 3,
+            checkpoint_dir=None) -> list[dict]:
+  import numpy as np
+  fns, outputs, compile_s, config = build_decoders(size, batch_size, inputs_length, checkpoint_dir)
+  times = common.interleaved(fns, reps=reps, warmup=0)  # the build ran each once already
   rows = []
-  for name in modes:
-    out = outputs[name]
+  for name, out in outputs.items():
     tokens = int(np.sum(out['tokens'] != 0))
     t = common.median(times[name])
     rows.append({
         'decoder': name, 'model': size, 'weights': 'checkpoint' if checkpoint_dir else 'random',
         'batch': batch_size, 'decode_length': config.decode_length, 'top_p': config.sampling.top_p,
         'decoder_tokens': tokens, 'fill_tokens': int(np.sum(out['num_fill_tokens'])),
-        'steps': int(out['num_steps']), 'seconds': t, 'tokens_per_s': tokens / t,
-        'examples_per_s': batch_size / t, 'compile_s': compile_s[name], 'reps': reps,
+        'steps': int(np.max(np.sum(out['tokens'] != 0, axis=1))),  # decoder steps: the longest row
+        'seconds': t, 'tokens_per_s': tokens / t, 'examples_per_s': batch_size / t,
+        'compile_s': compile_s[name], 'reps': reps,
     })
-  if 'no_cache' in outputs:
-    same = bool(np.array_equal(outputs['kv_cache']['tokens'], outputs['no_cache']['tokens']))
-    for row in rows:
-      row['same_tokens'] = same
-      row['speedup_vs_no_cache'] = common.median(times['no_cache']) / row['seconds']
+  same = bool(np.array_equal(outputs['kv_cache']['tokens'], outputs['no_cache']['tokens']))
+  for row in rows:
+    row['same_tokens'] = same
+    row['speedup_vs_no_cache'] = common.median(times['no_cache']) / row['seconds']
   return rows
 
 
