@@ -43,11 +43,6 @@ def clean_batch(batch: Batch) -> dict[str, jax.Array]:
   return out
 
 
-def _segments(batch: Batch, side: str) -> dict[str, Any]:
-  return {f'{side}_segment_ids': batch.get(f'{side}_segment_ids'),
-          f'{side}_positions': batch.get(f'{side}_positions')}
-
-
 def _decode_logits(module, params, encoded, encoder_tokens, batch, rng, enable_dropout):
   return module.apply(
       {'params': params}, encoded, encoder_tokens, batch['decoder_input_tokens'],

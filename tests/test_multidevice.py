@@ -1,5 +1,4 @@
 """The same run on a 4-device (2 data x 2 model) mesh gives the losses of the one-device run."""
-import json
 import os
 import subprocess
 import sys

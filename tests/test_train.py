@@ -1,9 +1,6 @@
 """The real trainer, shrunk: a few steps across the τ switch, then a restart that continues the step count."""
-import dataclasses
-import json
 import os
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
