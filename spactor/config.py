@@ -1,8 +1,9 @@
 """Model configs: frozen dataclasses and the size presets of SpacTor-T5 as data.
 
 `preset(size, version)` builds the three configs of one model: the T5 discriminator, the generator and the RTD
-head. Sizes follow t5x's gin files (t5_1_0/*.gin, t5_1_1/*.gin) and Table 5 of the SpacTor paper; `tiny` is ours,
-small enough to train on a CPU in the demo and the tests.
+head. Sizes follow t5x's gin files (t5_1_0/*.gin, t5_1_1/*.gin) and Table 5 of the SpacTor paper; `tiny` and
+`micro` are ours, small enough to train on a CPU in the demos and the tests (`micro` is the SSR demo's student,
+smaller than its `tiny` generator).
 """
 import dataclasses
 from typing import NamedTuple, Optional, Tuple
@@ -102,24 +103,26 @@ class SpacTorConfigs(NamedTuple):
 
 
 # Discriminator shapes: (emb_dim, num_heads, head_dim, mlp_dim, encoder layers, decoder layers), from t5x's
-# t5_1_0/{small,base,large}.gin and t5_1_1/{small,base,large}.gin; `tiny` is ours.
+# t5_1_0/{small,base,large}.gin and t5_1_1/{small,base,large}.gin; `micro` and `tiny` are ours.
 DISCRIMINATOR_SHAPES = {
     't5_1_0': {
+        'micro': (64, 2, 32, 256, 2, 2),
         'tiny': (128, 4, 32, 512, 2, 2),
         'small': (512, 8, 64, 2048, 6, 6),
         'base': (768, 12, 64, 3072, 12, 12),
         'large': (1024, 16, 64, 4096, 24, 24),
     },
     't5_1_1': {
+        'micro': (64, 2, 32, 256, 2, 2),
         'tiny': (128, 4, 32, 512, 2, 2),
         'small': (512, 6, 64, 1024, 8, 8),
         'base': (768, 12, 64, 2048, 12, 12),
         'large': (1024, 16, 64, 2816, 24, 24),
     },
 }
-# Generator (layers, mlp_dim): base and large from Table 5 of the paper; small and tiny are ours, keeping G near a
+# Generator (layers, mlp_dim): base and large from Table 5 of the paper; small, tiny and micro are ours, keeping G near a
 # quarter of D's encoder as the paper recommends.
-GENERATOR_SHAPES = {'tiny': (1, 256), 'small': (2, 1024), 'base': (4, 1024), 'large': (6, 2048)}
+GENERATOR_SHAPES = {'micro': (1, 128), 'tiny': (1, 256), 'small': (2, 1024), 'base': (4, 1024), 'large': (6, 2048)}
 # What sets the two T5 versions apart besides shapes: gated GELU and untied output logits in T5.1.1.
 VERSION_STYLE = {
     't5_1_0': {'mlp_activations': ('relu',), 'logits_via_embedding': True},
@@ -137,7 +140,7 @@ def _check_name(kind: str, name: str, known) -> None:
 @gin.configurable(module='spactor.config')
 def preset(size: str = 'tiny', version: str = 't5_1_0', vocab_size: int = T5_VOCAB_SIZE, dtype: str = 'float32',
            dropout_rate: float = 0.0, tied_generator_output: bool = False) -> SpacTorConfigs:
-  """The configs of a preset size ('tiny', 'small', 'base', 'large') and T5 version ('t5_1_0', 't5_1_1').
+  """The configs of a preset size ('micro', 'tiny', 'small', 'base', 'large') and T5 version ('t5_1_0', 't5_1_1').
 
   dropout_rate defaults to 0.0 as in T5 pre-training; fine-tuning usually sets 0.1.
   """

@@ -2,14 +2,13 @@ r"""`make demo-ssr`: the whole SSR pipeline on this CPU, on the embedded corpus,
 
   python -m ssr.demo --workdir=runs/demo-ssr
 
-1. Pre-train a tiny T5 with span corruption (spactor.train, gin/ssr/demo_generator.gin). Its last checkpoint is
-   the imperfect-span generator; an early checkpoint (a weaker T5) is where continual pre-training starts, as
-   SSR starts from a released T5 and uses a stronger T5 to generate. (The presets have nothing smaller than
-   `tiny` and a `small` T5 is too slow to pre-train here, so "weaker" stands in for the paper's "smaller".)
-2. Mask SSR spans in the corpus and fill them with the generator (ssr.generate, nucleus p = 0.9).
-3. Continually pre-train the start checkpoint with SSR and the loss+length curriculum, and, for the same steps,
-   with span corruption (T5-cont) (ssr.continual, gin/ssr/{ssr,sc_cont,cpu}.gin).
-4. Print the validation losses of both on both objectives.
+1. Pre-train the generator, a tiny T5, with span corruption (spactor.train, gin/ssr/demo_generator.gin).
+2. Pre-train the student, a smaller `micro` T5, the same way (gin/ssr/demo_student.gin): the paper's setting, a
+   released T5-base continually pre-trained on the rewrites of a larger T5.
+3. Mask SSR spans in the corpus and fill them with the generator (ssr.generate, nucleus p = 0.9).
+4. Continually pre-train the student with SSR and the loss+length curriculum, and, for the same steps, with span
+   corruption (T5-cont) (ssr.continual, gin/ssr/{ssr,sc_cont,cpu}.gin and the micro model).
+5. Print the validation losses of both on both objectives.
 
 Every step runs as the command a user would type (printed before it runs) and is skipped or resumed when its
 output already exists, so running the demo again continues where it stopped.
@@ -22,7 +21,8 @@ import sys
 import time
 
 GENERATOR_STEPS = 400
-START_STEP = 200
+STUDENT_STEPS = 400
+STUDENT_MODEL_GIN = "gin/models/t5_1_0_micro.gin"
 INPUTS_LENGTH = 128
 TRAIN_EXAMPLES = 1600
 VALIDATION_EXAMPLES = 128
@@ -55,15 +55,21 @@ def main(argv):
   os.makedirs(work, exist_ok=True)
   log = os.path.join(work, "demo.log")
   py = sys.executable
-  t5_dir, data_dir = os.path.join(work, "t5"), os.path.join(work, "ssr-data")
+  generator_dir, student_dir = os.path.join(work, "generator"), os.path.join(work, "student")
+  data_dir = os.path.join(work, "ssr-data")
   begin = time.time()
 
-  print(f"[1/4] pre-training the generator T5 ({GENERATOR_STEPS} steps of span corruption) -> {t5_dir}")
-  _run([py, "-m", "spactor.train", "--gin_file=gin/ssr/demo_generator.gin", _gin("MODEL_DIR", t5_dir),
+  print(f"[1/5] pre-training the generator, a tiny T5 ({GENERATOR_STEPS} steps of span corruption) "
+        f"-> {generator_dir}")
+  _run([py, "-m", "spactor.train", "--gin_file=gin/ssr/demo_generator.gin", _gin("MODEL_DIR", generator_dir),
         _gin("TOTAL_STEPS", GENERATOR_STEPS)], log)
 
-  print(f"[2/4] filling SSR spans with the generator (step {GENERATOR_STEPS}) -> {data_dir}")
-  _run([py, "-m", "ssr.generate", f"--checkpoint_dir={t5_dir}", f"--checkpoint_step={GENERATOR_STEPS}",
+  print(f"[2/5] pre-training the student, a micro T5 ({STUDENT_STEPS} steps of span corruption) -> {student_dir}")
+  _run([py, "-m", "spactor.train", "--gin_file=gin/ssr/demo_student.gin", _gin("MODEL_DIR", student_dir),
+        _gin("TOTAL_STEPS", STUDENT_STEPS)], log)
+
+  print(f"[3/5] filling SSR spans with the generator -> {data_dir}")
+  _run([py, "-m", "ssr.generate", f"--checkpoint_dir={generator_dir}", f"--checkpoint_step={GENERATOR_STEPS}",
         f"--out_dir={data_dir}", "--split=train,validation", "--corpus=sotu", "--size=tiny",
         f"--inputs_length={INPUTS_LENGTH}", f"--max_examples={TRAIN_EXAMPLES},{VALIDATION_EXAMPLES}",
         "--examples_per_shard=400", "--batch_size=32"], log)
@@ -71,23 +77,31 @@ def main(argv):
   runs = {}
   for name, objective_gin in (("ssr", "gin/ssr/ssr.gin"), ("sc-cont", "gin/ssr/sc_cont.gin")):
     model_dir = os.path.join(work, name)
-    print(f"[3/4] continual pre-training from step {START_STEP}: {name} ({CONTINUAL_STEPS} steps) -> {model_dir}")
+    print(f"[4/5] continual pre-training of the student: {name} ({CONTINUAL_STEPS} steps) -> {model_dir}")
     _run([py, "-m", "ssr.continual", f"--gin_file={objective_gin}", "--gin_file=gin/ssr/cpu.gin",
-          _gin("MODEL_DIR", model_dir), _gin("INIT_CHECKPOINT", t5_dir), _gin("DATA_DIR", data_dir),
-          f"--gin.ssr.continual.ContinualConfig.init_step={START_STEP}", _gin("TOTAL_STEPS", CONTINUAL_STEPS),
-          _gin("BATCH_SIZE", BATCH_SIZE), _gin("INPUTS_LENGTH", INPUTS_LENGTH)]
+          f"--gin_file={STUDENT_MODEL_GIN}", _gin("MODEL_DIR", model_dir), _gin("INIT_CHECKPOINT", student_dir),
+          _gin("DATA_DIR", data_dir), _gin("TOTAL_STEPS", CONTINUAL_STEPS), _gin("BATCH_SIZE", BATCH_SIZE),
+          _gin("INPUTS_LENGTH", INPUTS_LENGTH)]
          + ([_gin("GROUP_EPOCHS", GROUP_EPOCHS)] if name == "ssr" else []), log)
     with open(os.path.join(model_dir, "summary.json")) as f:
       runs[name] = json.load(f)
 
-  print(f"\n[4/4] validation loss (token cross-entropy) after {CONTINUAL_STEPS} steps of continual pre-training "
-        f"from the T5 at step {START_STEP}; generator: the same T5 at step {GENERATOR_STEPS}")
+  print(f"\n[5/5] validation loss (token cross-entropy) of the micro student after {CONTINUAL_STEPS} steps of "
+        f"continual pre-training; the rewrites come from the tiny generator")
+  print(f"pre-training (spactor.train's validation L_SC): generator {pretraining_sc_loss(generator_dir):.3f}, "
+        f"student {pretraining_sc_loss(student_dir):.3f}")
   print(summary_table(runs))
   print(f"\nSSR demo done in {time.time() - begin:.0f}s; outputs in {work} (logs: {log})")
 
 
+def pretraining_sc_loss(model_dir: str) -> float:
+  """The last validation L_SC of a spactor.train run (its summary.json)."""
+  with open(os.path.join(model_dir, "summary.json")) as f:
+    return json.load(f)["stages"][-1]["val_sc_clean"]
+
+
 def summary_table(runs: dict) -> str:
-  rows = [("start checkpoint", runs["ssr"]["start_eval"])] + [
+  rows = [("student before", runs["ssr"]["start_eval"])] + [
       (f"{name} ({run['curriculum']} curriculum)" if run["curriculum"] else name, run["final_eval"])
       for name, run in runs.items()]
   header = f"{'model':<32} {'val SSR loss':>12} {'val SC loss':>12}"

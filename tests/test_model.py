@@ -133,6 +133,14 @@ def test_param_counts_match_published_t5():
 
 
 @pytest.mark.parametrize('version', VERSIONS)
+def test_presets_grow_in_size_order(version):
+  """SIZES lists the presets smallest first (the SSR demo's student, `micro`, is smaller than its generator)."""
+  counts = [model_lib.param_count(abstract_stage1(size, version, vocab_size=VOCAB)['params'])
+            for size in config_lib.SIZES]
+  assert counts == sorted(counts) and len(set(counts)) == len(counts), dict(zip(config_lib.SIZES, counts))
+
+
+@pytest.mark.parametrize('version', VERSIONS)
 def test_stage2_params_are_stage1_without_generator_and_rtd_head(version):
   t5, _, _ = tiny(version)
   enc, dec = dummy_inputs()

@@ -44,12 +44,20 @@ def test_curriculum_knobs(parse):
   assert (config.curriculum, config.group_epochs) == ("anti", 3)
 
 
-def test_demo_generator_is_a_tiny_sc_run(monkeypatch):
-  monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
+def _demo_pretraining(gin_file):
+  """(TrainConfig, T5Config) of one of the demo's pre-training gin files."""
   try:
-    train.parse_gin(["gin/ssr/demo_generator.gin"], ['MODEL_DIR = "/tmp/unused"'], [])
-    config = train.TrainConfig()
-    assert (config.tau, config.corpus, config.inputs_length, config.keep_checkpoints) == (0, "sotu", 128, 10)
-    assert config_lib.preset().t5.emb_dim == 128
+    train.parse_gin([gin_file], ['MODEL_DIR = "/tmp/unused"'], [])
+    return train.TrainConfig(), config_lib.preset().t5
   finally:
     gin.clear_config()
+
+
+def test_demo_student_is_smaller_than_its_generator(monkeypatch):
+  monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
+  generator_run, generator = _demo_pretraining("gin/ssr/demo_generator.gin")
+  student_run, student = _demo_pretraining("gin/ssr/demo_student.gin")
+  for run in (generator_run, student_run):
+    assert (run.tau, run.corpus, run.inputs_length) == (0, "sotu", 128)  # span corruption on the embedded corpus
+  assert (generator.emb_dim, student.emb_dim) == (128, 64)  # tiny and micro
+  assert student.mlp_dim < generator.mlp_dim and student.num_heads < generator.num_heads
