@@ -22,6 +22,11 @@ def _require_positive(owner: str, **values):
       raise ValueError(f'{owner}.{name} must be a positive int, got {value!r}')
 
 
+def require_positive_fields(config, *names: str) -> None:
+  """Raises ValueError naming the first of the dataclass `config`'s fields `names` that is not a positive int."""
+  _require_positive(type(config).__name__, **{name: getattr(config, name) for name in names})
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """The T5 encoder-decoder (SpacTor's discriminator D); fields mirror t5x's network.T5Config."""

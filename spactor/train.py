@@ -65,15 +65,11 @@ class TrainConfig:
   plot: bool = True
 
   def __post_init__(self):
-    def positive(name):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value <= 0:
-        raise ValueError(f'TrainConfig.{name} must be a positive integer, got {value!r}')
-    for name in ('total_steps', 'batch_size', 'inputs_length', 'log_every', 'eval_every', 'checkpoint_every',
-                 'keep_checkpoints', 'num_partitions', 'warmup_steps'):
-      positive(name)
+    config_lib.require_positive_fields(self, 'total_steps', 'batch_size', 'inputs_length', 'log_every',
+                                       'eval_every', 'checkpoint_every', 'keep_checkpoints', 'num_partitions',
+                                       'warmup_steps')
     if self.data_shards is not None:
-      positive('data_shards')
+      config_lib.require_positive_fields(self, 'data_shards')
     if self.tau is not None:
       if not isinstance(self.tau, int) or self.tau < 0:
         raise ValueError(f'TAU must be a non-negative integer or None (hybrid throughout), got {self.tau!r}')
@@ -289,6 +285,101 @@ class PreemptionFlag:
     self.requested = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+  """When a training loop stops and when it logs, evaluates and checkpoints (in steps)."""
+  total_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+
+  def logs(self, step: int) -> bool:
+    return step % self.log_every == 0 or step == self.total_steps
+
+  def evaluates(self, step: int) -> bool:
+    return step % self.eval_every == 0 or step == self.total_steps
+
+  def checkpoints(self, step: int) -> bool:
+    return step % self.checkpoint_every == 0 or step == self.total_steps
+
+
+def train_loop(state, *, stage_at: Callable[[int], Stage], switch: Callable, cadence: Cadence, batch_size: int,
+               tx, base_rng, train_iter, batch_sharding, manager, writer, evaluate: Callable,
+               log_extra: Callable[[Stage, int], dict], eval_first: bool):
+  """Steps `state` to cadence.total_steps, or until SIGTERM; returns (state, throughput timer, preempted).
+
+  stage_at(step) names each step's stage; where it changes, switch(state, new_stage) converts the state.
+  evaluate(stage, params) gives validation metrics (written as eval/*). Metrics stay on the device between
+  boundaries (log, eval, checkpoint, switch) so that dispatch runs ahead of the host; a step's first compilation
+  is not counted as throughput. Every checkpoint holds the data iterator's position.
+  """
+  flag = PreemptionFlag()
+  timer = metrics_io.Throughput()
+  step = int(jax.device_get(state.step))
+  stage = stage_at(step)
+  compiled = {}
+  pending = []  # device metrics of steps not yet pulled to the host
+
+  def run_eval():
+    metrics = evaluate(stage, state.params)
+    if metrics:
+      writer.write(step, {f'eval/{k}': v for k, v in metrics.items()}, extra=log_extra(stage, step))
+
+  def flush() -> float:
+    loss = float('nan')
+    for s, m in jax.device_get(pending):
+      m = objectives.summarize(m)
+      check_finite(s, m)
+      loss = m['loss']
+      if cadence.logs(s):
+        writer.write(s, {f'train/{k}': v for k, v in m.items()},
+                     extra={**log_extra(stage, s), 'gflops_per_step': stage.flops_per_step / 1e9,
+                            'seqs_per_second': timer.seqs_per_second(stage.name, batch_size)})
+    pending.clear()
+    return loss
+
+  def at_boundary(s: int) -> bool:
+    return (cadence.logs(s) or cadence.evaluates(s) or cadence.checkpoints(s) or stage_at(s).name != stage.name
+            or flag.requested)
+
+  progress = metrics_io.ProgressBar(cadence.total_steps, step)
+  if eval_first:
+    run_eval()
+  while step < cadence.total_steps:
+    if stage_at(step).name != stage.name:
+      stage = stage_at(step)
+      state = switch(state, stage)
+    if stage.name not in compiled:
+      compiled[stage.name] = compile_train_step(stage, tx, base_rng, jax.tree.map(lambda x: x.sharding, state),
+                                                batch_sharding)
+      first_of_stage = True
+    else:
+      first_of_stage = False
+    state, metrics = compiled[stage.name](state, next_batch(train_iter, batch_sharding))
+    step += 1
+    pending.append((step, metrics))
+    if first_of_stage:  # compilation is not throughput
+      jax.block_until_ready(state)
+      timer.restart()
+    else:
+      timer.tick()
+    if not at_boundary(step):
+      continue
+    jax.block_until_ready(state)
+    timer.measure(stage.name)
+    loss = flush()
+    progress.update(step, stage.name, loss, timer.seqs_per_second(stage.name, batch_size))
+    if cadence.evaluates(step):
+      run_eval()
+    if cadence.checkpoints(step) or flag.requested:
+      checkpointing.save(manager, state, train_iter, {'stage': stage.name, 'step': step})
+    if flag.requested:
+      break
+    timer.restart()
+  progress.close()
+  return state, timer, flag.requested
+
+
 def run(config: TrainConfig) -> dict[str, Any]:
   """Trains to config.total_steps (or until SIGTERM) and returns the run summary."""
   # Mesh.
@@ -325,83 +416,29 @@ def run(config: TrainConfig) -> dict[str, Any]:
     state = sc_template
   del sc_template
 
-  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
-  flag = PreemptionFlag()
-  timer = metrics_io.Throughput()
-  step = int(jax.device_get(state.step))
-  stage = stage_defs[config.stage_at(step)]
-  compiled, eval_steps = {}, {}
+  eval_steps = {}
 
-  def step_fn(stage: Stage):
-    if stage.name not in compiled:
-      shardings = jax.tree.map(lambda x: x.sharding, state)
-      compiled[stage.name] = compile_train_step(stage, tx, base_rng, shardings, batch_sharding)
-    return compiled[stage.name]
-
-  def log_extra(s: int) -> dict[str, Any]:
-    return {'stage': stage.name, 'cumulative_flops': cumulative_flops(config, stage_defs, s)}
-
-  def run_eval():
+  def evaluate_stage(stage: Stage, params) -> dict[str, float]:
     if stage.name not in eval_steps:
       eval_steps[stage.name] = compile_eval_step(stage)
-    metrics = evaluate(eval_steps[stage.name], state.params, config, batch_sharding,
-                       jax.random.fold_in(base_rng, 2 ** 30))
-    writer.write(step, {f'eval/{k}': v for k, v in metrics.items()}, extra=log_extra(step))
+    return evaluate(eval_steps[stage.name], params, config, batch_sharding, jax.random.fold_in(base_rng, 2 ** 30))
 
-  pending = []  # device metrics of steps not yet pulled to the host (keeps dispatch asynchronous)
+  def switch(state, stage: Stage):  # the switch at τ
+    log.info('step %d: switched to span corruption; generator and RTD head dropped', int(state.step))
+    return switch_to_sc(state, tx)
 
-  def flush() -> float:
-    loss = float('nan')
-    for s, m in jax.device_get(pending):
-      m = objectives.summarize(m)
-      check_finite(s, m)
-      loss = m['loss']
-      if s % config.log_every == 0 or s == config.total_steps:
-        writer.write(s, {f'train/{k}': v for k, v in m.items()},
-                     extra={**log_extra(s), 'gflops_per_step': stage.flops_per_step / 1e9,
-                            'seqs_per_second': timer.seqs_per_second(stage.name, config.batch_size)})
-    pending.clear()
-    return loss
-
-  def at_boundary(s: int) -> bool:
-    return (s % config.log_every == 0 or s % config.eval_every == 0 or s % config.checkpoint_every == 0
-            or s == config.total_steps or config.stage_at(s) != stage.name or flag.requested)
-
-  progress = metrics_io.ProgressBar(config.total_steps, step)
+  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
   with partitioning.logical_context(mesh):
-    if step == 0 and restored is None:
-      run_eval()
-    while step < config.total_steps:
-      if config.stage_at(step) != stage.name:  # the switch at τ
-        state = switch_to_sc(state, tx)
-        stage = stage_defs['sc']
-        log.info('step %d: switched to span corruption; generator and RTD head dropped', step)
-      first_of_stage = stage.name not in compiled
-      state, metrics = step_fn(stage)(state, next_batch(train_iter, batch_sharding))
-      step += 1
-      pending.append((step, metrics))
-      if first_of_stage:  # compilation is not throughput
-        jax.block_until_ready(state)
-        timer.restart()
-      else:
-        timer.tick()
-      if not at_boundary(step):
-        continue
-      jax.block_until_ready(state)
-      timer.measure(stage.name)
-      loss = flush()
-      progress.update(step, stage.name, loss, timer.seqs_per_second(stage.name, config.batch_size))
-      if step % config.eval_every == 0 or step == config.total_steps:
-        run_eval()
-      if step % config.checkpoint_every == 0 or step == config.total_steps or flag.requested:
-        checkpointing.save(manager, state, train_iter, {'stage': stage.name, 'step': step})
-      if flag.requested:
-        break
-      timer.restart()
-  progress.close()
+    state, timer, preempted = train_loop(
+        state, stage_at=lambda s: stage_defs[config.stage_at(s)], switch=switch,
+        cadence=Cadence(config.total_steps, config.log_every, config.eval_every, config.checkpoint_every),
+        batch_size=config.batch_size, tx=tx, base_rng=base_rng, train_iter=train_iter,
+        batch_sharding=batch_sharding, manager=manager, writer=writer, evaluate=evaluate_stage,
+        log_extra=lambda stage, s: {'stage': stage.name, 'cumulative_flops': cumulative_flops(config, stage_defs, s)},
+        eval_first=int(state.step) == 0 and restored is None)
   writer.close()
-  result = write_summary(config, stage_defs, timer, writer.path, preempted=flag.requested)
-  if config.plot and jax.process_index() == 0 and not flag.requested:
+  result = write_summary(config, stage_defs, timer, writer.path, preempted=preempted)
+  if config.plot and jax.process_index() == 0 and not preempted:
     metrics_io.plot_run(writer.path, os.path.join(config.model_dir, 'validation_loss.png'), tau=config.tau)
   return result
 

@@ -6,9 +6,9 @@ r"""Continual pre-training from an SC or SpacTor checkpoint: SSR (with its curri
       --gin.DATA_DIR="'runs/ssr-data'" --gin.MODEL_DIR="'runs/sc-cont'"
 
 The T5 weights (encoder, decoder, embedder; a SpacTor checkpoint's generator and RTD head are left out) come
-from the newest step of INIT_CHECKPOINT; the optimizer state starts fresh. The loop is the project trainer's parts
-(spactor.train's jitted train step, spactor.checkpointing, spactor.metrics_io) around other data and another
-schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation reports the
+from the newest step of INIT_CHECKPOINT; the optimizer state starts fresh. The loop is the project trainer's own
+(spactor.train.train_loop, with its checkpoints, metrics and preemption handling) around other data, another
+optimizer and schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation reports the
 validation loss on both objectives (SSR on the generated validation split, SC on the corpus), so runs of either
 objective compare on the same numbers.
 """
@@ -85,10 +85,9 @@ class ContinualConfig:
       raise ValueError("MODEL_DIR must differ from INIT_CHECKPOINT (the start checkpoint is read, never written)")
     if self.ssr_targets_length is not None and self.ssr_targets_length <= 0:
       raise ValueError(f"ssr_targets_length must be positive, got {self.ssr_targets_length}")
-    for name in ("total_steps", "batch_size", "inputs_length", "log_every", "eval_every",
-                 "checkpoint_every", "keep_checkpoints", "num_groups", "group_epochs", "num_partitions"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    config_lib.require_positive_fields(self, "total_steps", "batch_size", "inputs_length", "log_every",
+                                       "eval_every", "checkpoint_every", "keep_checkpoints", "num_groups",
+                                       "group_epochs", "num_partitions")
     if self.decay not in ("linear", "constant") or self.optimizer not in ("adamw", "adafactor"):
       raise ValueError(f"decay must be linear/constant and optimizer adamw/adafactor, got {self.decay!r}, "
                        f"{self.optimizer!r}")
@@ -254,58 +253,19 @@ def run(config: ContinualConfig) -> dict[str, Any]:
   lengths = flops.Lengths(inputs=objective.lengths["inputs"], targets=objective.lengths["targets"])
   stage = trainer.Stage(config.objective, module, loss_fn(config.objective, config.z_loss), None,
                         flops.sc_step_flops(t5, lengths, config.batch_size))
-  step_fn = trainer.compile_train_step(stage, tx, base_rng, jax.tree.map(lambda x: x.sharding, state),
-                                       batch_sharding)
-  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
-  flag = trainer.PreemptionFlag()
-  timer = metrics_io.Throughput()
-  progress = metrics_io.ProgressBar(config.total_steps, int(state.step))
-  step = int(state.step)
-  eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
-  extra = {"stage": config.objective}
-  pending = []
   eval_data = validation_batches(config, objective_defs) if config.eval_batches else {}
-
-  def run_eval():
-    metrics = evaluate(eval_data, module, state.params, batch_sharding, eval_rng)
-    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()}, extra=extra)
-    return metrics
-
+  eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
+  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
   with partitioning.logical_context(mesh):
-    if step == 0 and config.eval_batches:
-      run_eval()
-    timer.restart()
-    while step < config.total_steps:
-      state, metrics = step_fn(state, trainer.next_batch(train_iter, batch_sharding))
-      step += 1
-      pending.append((step, metrics))
-      timer.tick()
-      boundary = (step % config.log_every == 0 or step % config.eval_every == 0 or step == config.total_steps
-                  or step % config.checkpoint_every == 0 or flag.requested)
-      if not boundary:
-        continue
-      jax.block_until_ready(state)
-      timer.measure(config.objective)
-      loss = float("nan")
-      for s, m in jax.device_get(pending):
-        m = objectives.summarize(m)
-        trainer.check_finite(s, m)
-        loss = m["loss"]
-        if s % config.log_every == 0 or s == config.total_steps:
-          writer.write(s, {f"train/{k}": v for k, v in m.items()},
-                       extra={**extra, "seqs_per_second": timer.seqs_per_second(config.objective, config.batch_size)})
-      pending.clear()
-      progress.update(step, config.objective, loss, timer.seqs_per_second(config.objective, config.batch_size))
-      if config.eval_batches and (step % config.eval_every == 0 or step == config.total_steps):
-        run_eval()
-      if step % config.checkpoint_every == 0 or step == config.total_steps or flag.requested:
-        checkpointing.save(manager, state, train_iter, {"stage": config.objective, "step": step})
-      if flag.requested:
-        break
-      timer.restart()
-  progress.close()
+    state, timer, preempted = trainer.train_loop(
+        state, stage_at=lambda step: stage, switch=None,
+        cadence=trainer.Cadence(config.total_steps, config.log_every, config.eval_every, config.checkpoint_every),
+        batch_size=config.batch_size, tx=tx, base_rng=base_rng, train_iter=train_iter,
+        batch_sharding=batch_sharding, manager=manager, writer=writer,
+        evaluate=lambda stage, params: evaluate(eval_data, module, params, batch_sharding, eval_rng),
+        log_extra=lambda stage, step: {"stage": stage.name}, eval_first=restored is None)
   writer.close()
-  return write_summary(config, writer.path, timer, preempted=flag.requested)
+  return write_summary(config, writer.path, timer, preempted=preempted)
 
 
 def write_summary(config: ContinualConfig, metrics_path: str, timer, preempted: bool) -> dict[str, Any]:
