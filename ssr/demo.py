@@ -1,4 +1,4 @@
-r"""`make demo-ssr`: the whole SSR pipeline on this CPU, on the embedded corpus, in about seven minutes (385 s measured on a quiet 2-core machine).
+r"""`make demo-ssr`: the whole SSR pipeline on this CPU, on the embedded corpus, in about seven minutes.
 
   python -m ssr.demo --workdir=runs/demo-ssr
 
