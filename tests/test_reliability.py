@@ -17,7 +17,8 @@ from spactor import metrics_io, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, TAU = 16, 6
 SETTINGS = dict(total_steps=TOTAL, tau=TAU, batch_size=4, inputs_length=32, log_every=1, eval_every=100,
-                eval_batches=1, checkpoint_every=3, keep_checkpoints=3, warmup_steps=10, plot=False)
+                eval_batches=1, checkpoint_every=3, keep_checkpoints=3, warmup_steps=10, learning_rate=0.25,
+                plot=False)
 
 
 def command(model_dir) -> list[str]:
@@ -25,6 +26,7 @@ def command(model_dir) -> list[str]:
               'INPUTS_LENGTH': 32, 'spactor.train.TrainConfig.log_every': 1,
               'spactor.train.TrainConfig.eval_every': 100, 'spactor.train.TrainConfig.eval_batches': 1,
               'spactor.train.TrainConfig.checkpoint_every': 3, 'spactor.train.TrainConfig.warmup_steps': 10,
+              'spactor.train.TrainConfig.learning_rate': SETTINGS['learning_rate'],
               'spactor.train.TrainConfig.plot': False}
   return [sys.executable, '-m', 'spactor.train', '--gin_file=gin/runs/demo.gin',
           *[f'--gin.{k}={v}' for k, v in bindings.items()]]
