@@ -15,11 +15,14 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from spactor import config as config_lib
 from spactor import model as model_lib
+from spactor import objectives
 from spactor import partitioning
+from spactor import stages
 
 GOLDEN_DIR = os.path.join(os.path.dirname(__file__), 'golden')
 VOCAB = 64  # small vocabulary for the tests that run the model
@@ -447,11 +450,26 @@ def test_presets_are_gin_configurable():
     gin.clear_config()
 
 
+def train_losses(loss_fn, params, steps: int, learning_rate: float = 0.03) -> list[float]:
+  """Per-step losses of `steps` Adafactor steps on loss_fn(params, rng), a fresh batch from each step's rng."""
+  tx = optax.adafactor(learning_rate, decay_rate=0.8, clipping_threshold=1.0, momentum=None)
+
+  @jax.jit
+  def step(params, opt_state, rng):
+    loss, grads = jax.value_and_grad(loss_fn)(params, rng)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  opt_state, losses = tx.init(params), []
+  for i in range(steps):
+    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(10 + i))
+    losses.append(float(loss))
+  return losses
+
+
 def test_decoder_learns_to_copy_the_encoder_input():
   """Random tokens carry no information but through cross-attention: a loss far below ln(V) after a few hundred
   steps shows the encoder output reaches the decoder (a masked or misrouted cross-attention stays at ln(V))."""
-  import optax
-  from spactor import stages
   vocab, length, batch_size = 32, 8, 32
   model = model_lib.SpacTor(config_lib.preset('micro', vocab_size=vocab).t5)
 
@@ -464,21 +482,8 @@ def test_decoder_learns_to_copy_the_encoder_input():
   example = batch(jax.random.PRNGKey(0))
   params = model.init(jax.random.PRNGKey(1), example['encoder_input_tokens'], example['decoder_input_tokens'],
                       example['decoder_target_tokens'])['params']
-  tx = optax.adafactor(0.03, decay_rate=0.8, clipping_threshold=1.0, momentum=None)
-
-  @jax.jit
-  def step(params, opt_state, rng):
-    grad_fn = jax.value_and_grad(lambda p: stages.sc_loss(model, p, batch(rng), rng, False, z_loss=0.0),
-                                 has_aux=True)
-    (loss, _), grads = grad_fn(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  opt_state = tx.init(params)
-  losses = []
-  for i in range(300):
-    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(10 + i))
-    losses.append(float(loss))
+  losses = train_losses(lambda p, rng: stages.sc_loss(model, p, batch(rng), rng, False, z_loss=0.0)[0], params,
+                        steps=300)
   chance = math.log(vocab - 2)
   assert losses[0] > 0.9 * chance
   assert np.mean(losses[-10:]) < 0.3 * chance, losses[::50]
@@ -488,40 +493,21 @@ def test_generator_learns_from_its_context():
   """Each [M] hides the second of a pair of equal tokens (x1 x1 x2 x2 ...): only the left neighbour tells it, so a
   loss near 0 shows G attends to its context through the projected [M] positions (a unigram guess stays at
   ln 28)."""
-  import optax
-  from spactor import objectives
   vocab, length, batch_size, mask_id = 40, 16, 32, 39
   model = model_lib.SpacTor(*config_lib.preset('micro', vocab_size=vocab))
 
-  def batch(rng):
+  def loss_fn(params, rng):
     pair_rng, mask_rng = jax.random.split(rng)
     clean = jnp.repeat(jax.random.randint(pair_rng, (batch_size, length // 2), 2, 30), 2, axis=1)
     mlm_mask = (jnp.arange(length) % 2 == 1)[None, :] & (jax.random.uniform(mask_rng, (batch_size, length)) < 0.5)
-    return jnp.where(mlm_mask, mask_id, clean), clean, mlm_mask
-
-  tokens, _, _ = batch(jax.random.PRNGKey(0))
-  params = model.init(jax.random.PRNGKey(1), tokens, tokens, tokens, method=model_lib.SpacTor.init_all)['params']
-  tx = optax.adafactor(0.03, decay_rate=0.8, clipping_threshold=1.0, momentum=None)
-
-  @jax.jit
-  def step(params, opt_state, rng):
-    tokens, clean, mlm_mask = batch(rng)
     positions, valid = objectives.masked_positions(mlm_mask, length // 2)
+    logits = model.apply({'params': params}, jnp.where(mlm_mask, mask_id, clean), enable_dropout=False,
+                         predict_positions=positions, method='generator_logits')
+    return objectives.generator_loss(logits, objectives.gather(clean, positions), valid)[0]
 
-    def loss_fn(p):
-      logits = model.apply({'params': p}, tokens, enable_dropout=False, predict_positions=positions,
-                           method='generator_logits')
-      return objectives.generator_loss(logits, objectives.gather(clean, positions), valid)[0]
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  opt_state = tx.init(params)
-  losses = []
-  for i in range(150):
-    params, opt_state, loss = step(params, opt_state, jax.random.PRNGKey(10 + i))
-    losses.append(float(loss))
+  tokens = jnp.ones((batch_size, length), jnp.int32)
+  params = model.init(jax.random.PRNGKey(1), tokens, tokens, tokens, method=model_lib.SpacTor.init_all)['params']
+  losses = train_losses(loss_fn, params, steps=150)
   assert losses[0] > math.log(28)
   assert np.mean(losses[-10:]) < 0.05, losses[::25]
 
