@@ -125,8 +125,8 @@ DISCRIMINATOR_SHAPES = {
         'large': (1024, 16, 64, 2816, 24, 24),
     },
 }
-# Generator (layers, mlp_dim): base and large from Table 5 of the paper; small, tiny and micro are ours, keeping G near a
-# quarter of D's encoder as the paper recommends.
+# Generator (layers, mlp_dim): base and large from Table 5 of the paper; small, tiny and micro are ours, keeping G
+# near a quarter of D's encoder as the paper recommends.
 GENERATOR_SHAPES = {'micro': (1, 128), 'tiny': (1, 256), 'small': (2, 1024), 'base': (4, 1024), 'large': (6, 2048)}
 # What sets the two T5 versions apart besides shapes: gated GELU and untied output logits in T5.1.1.
 VERSION_STYLE = {

@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import tokenize
 from typing import Any, Callable, Optional
 
 import gin
@@ -302,6 +303,11 @@ class Cadence:
   def checkpoints(self, step: int) -> bool:
     return step % self.checkpoint_every == 0 or step == self.total_steps
 
+  @classmethod
+  def of(cls, config) -> 'Cadence':
+    """The cadence of a run config with the same field names (TrainConfig, ssr.continual.ContinualConfig)."""
+    return cls(config.total_steps, config.log_every, config.eval_every, config.checkpoint_every)
+
 
 def train_loop(state, *, stage_at: Callable[[int], Stage], switch: Callable, cadence: Cadence, batch_size: int,
                tx, base_rng, train_iter, batch_sharding, manager, writer, evaluate: Callable,
@@ -349,12 +355,10 @@ def train_loop(state, *, stage_at: Callable[[int], Stage], switch: Callable, cad
     if stage_at(step).name != stage.name:
       stage = stage_at(step)
       state = switch(state, stage)
-    if stage.name not in compiled:
+    first_of_stage = stage.name not in compiled
+    if first_of_stage:
       compiled[stage.name] = compile_train_step(stage, tx, base_rng, jax.tree.map(lambda x: x.sharding, state),
                                                 batch_sharding)
-      first_of_stage = True
-    else:
-      first_of_stage = False
     state, metrics = compiled[stage.name](state, next_batch(train_iter, batch_sharding))
     step += 1
     pending.append((step, metrics))
@@ -431,7 +435,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   with partitioning.logical_context(mesh):
     state, timer, preempted = train_loop(
         state, stage_at=lambda s: stage_defs[config.stage_at(s)], switch=switch,
-        cadence=Cadence(config.total_steps, config.log_every, config.eval_every, config.checkpoint_every),
+        cadence=Cadence.of(config),
         batch_size=config.batch_size, tx=tx, base_rng=base_rng, train_iter=train_iter,
         batch_sharding=batch_sharding, manager=manager, writer=writer, evaluate=evaluate_stage,
         log_extra=lambda stage, s: {'stage': stage.name, 'cumulative_flops': cumulative_flops(config, stage_defs, s)},
@@ -510,8 +514,9 @@ def parse_gin(files, bindings, search_paths) -> None:
     gin.add_config_file_search_path(path)
   try:
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
-  except (ValueError, KeyError, IOError, gin.config.ParseError if hasattr(gin.config, 'ParseError') else ValueError) as e:
-    raise SystemExit(f'error in the gin configuration: {e}') from None
+  except (ValueError, KeyError, IOError, SyntaxError, tokenize.TokenError) as e:
+    text = e.args[0] if isinstance(e, tokenize.TokenError) else str(e)  # its str() is an args tuple
+    raise SystemExit(f'error in the gin configuration: {text} (gin files {files}, bindings {bindings})') from None
 
 
 class _DropGinSearchMisses(logging.Filter):

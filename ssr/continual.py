@@ -8,9 +8,9 @@ r"""Continual pre-training from an SC or SpacTor checkpoint: SSR (with its curri
 The T5 weights (encoder, decoder, embedder; a SpacTor checkpoint's generator and RTD head are left out) come
 from the newest step of INIT_CHECKPOINT; the optimizer state starts fresh. The loop is the project trainer's own
 (spactor.train.train_loop, with its checkpoints, metrics and preemption handling) around other data, another
-optimizer and schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation reports the
-validation loss on both objectives (SSR on the generated validation split, SC on the corpus), so runs of either
-objective compare on the same numbers.
+optimizer and schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation
+reports the validation loss on both objectives (SSR on the generated validation split, SC on the corpus), so runs
+of either objective compare on the same numbers.
 """
 import dataclasses
 import functools
@@ -259,7 +259,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
   with partitioning.logical_context(mesh):
     state, timer, preempted = trainer.train_loop(
         state, stage_at=lambda step: stage, switch=None,
-        cadence=trainer.Cadence(config.total_steps, config.log_every, config.eval_every, config.checkpoint_every),
+        cadence=trainer.Cadence.of(config),
         batch_size=config.batch_size, tx=tx, base_rng=base_rng, train_iter=train_iter,
         batch_sharding=batch_sharding, manager=manager, writer=writer,
         evaluate=lambda stage, params: evaluate(eval_data, module, params, batch_sharding, eval_rng),

@@ -126,6 +126,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     (['--gin.LAMBDA1=-1.0'], 'lambda1'),
     (['--gin.TAU=2.5'], 'TAU'),
     (['--gin.MLM_RATIO=1.5'], 'mlm_ratio'),
+    (['--gin.TAU=1 2'], 'TAU = 1 2'),  # malformed values: a parse error, not a traceback
+    (['--gin.TAU=('], 'TAU = ('),
 ])
 def test_bad_command_line_stops_with_a_clear_message_and_writes_nothing(tmp_path, flags, message):
   model_dir = tmp_path / 'run'
