@@ -93,13 +93,36 @@ def strip_output_marker(decoded, markers: SpanMarkers):
   return decoded[1:] if decoded.size and decoded[0] == markers.open(0) else decoded
 
 
-@seqio.map_over_dataset
-def ssr_downstream(features, output_features, max_spans=50):
+def trim_for_markers(features, sequence_length, output_features):
+  """Trims `inputs` and `targets` so that, wrapped and with EOS, they fit `sequence_length`.
+
+  The input loses its end, never its closing `</s_1>`: room is kept for the 2 markers (1 on the target) and for
+  EOS where the feature adds it.
+  """
+  out = dict(features)
+  if not sequence_length:
+    return out
+  for key, markers in (("inputs", 2), ("targets", 1)):
+    length = sequence_length.get(key)
+    if length is None:
+      continue
+    room = length - markers - int(output_features[key].add_eos)
+    if room < 0:
+      raise ValueError(f"a {key} length of {length} leaves no room for the SSR markers")
+    out[key] = features[key][:room]
+  return out
+
+
+def ssr_downstream(dataset, sequence_length=None, output_features=None, max_spans=50):
   """SeqIO preprocessor for fine-tuning an SSR model on a seq2seq task: see `downstream_example`.
 
-  Place it after tokenization and before `append_eos_after_trim`; the wrapped input is 2 tokens longer.
+  Place it after tokenization and before `append_eos_after_trim`. It trims first (to the task's lengths, less the
+  markers and EOS) and then wraps, so a long input keeps its closing `</s_1>`.
   """
   markers = span_markers(output_features["inputs"].vocabulary, max_spans)
-  features = dict(features)
-  features["inputs"], features["targets"] = downstream_example(features["inputs"], features["targets"], markers)
-  return features
+
+  def wrap(features):
+    features = trim_for_markers(features, sequence_length, output_features)
+    features["inputs"], features["targets"] = downstream_example(features["inputs"], features["targets"], markers)
+    return features
+  return dataset.map(wrap, num_parallel_calls=tf.data.AUTOTUNE)

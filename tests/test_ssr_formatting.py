@@ -78,3 +78,27 @@ def test_downstream_preprocessor():
   ex = next(ds.as_numpy_iterator())
   np.testing.assert_array_equal(ex["inputs"], [999, 5, 6, 949, 1])
   np.testing.assert_array_equal(ex["targets"], [999, 7, 1])
+
+
+def _downstream(inputs, targets, sequence_length):
+  vocab = seqio.PassThroughVocabulary(size=900, eos_id=1)
+  vocab._extra_ids = 100
+  features = {"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)}
+  ds = tf.data.Dataset.from_tensors({"inputs": tf.constant(inputs), "targets": tf.constant(targets)})
+  ds = formatting.ssr_downstream(ds, sequence_length=sequence_length, output_features=features)
+  ds = seqio.preprocessors.append_eos_after_trim(ds, sequence_length=sequence_length, output_features=features)
+  return next(ds.as_numpy_iterator())
+
+
+def test_downstream_long_input_keeps_its_closing_marker():
+  """Trim first, then wrap: the input loses its end, never `</s_1>`; the target keeps `<s_1>`."""
+  ex = _downstream(np.arange(10, 30), np.arange(40, 50), {"inputs": 8, "targets": 5})
+  np.testing.assert_array_equal(ex["inputs"], [999, 10, 11, 12, 13, 14, 949, 1])
+  np.testing.assert_array_equal(ex["targets"], [999, 40, 41, 42, 1])
+  short = _downstream([5, 6], [7], {"inputs": 8, "targets": 5})  # short ones are left whole
+  np.testing.assert_array_equal(short["inputs"], [999, 5, 6, 949, 1])
+  np.testing.assert_array_equal(short["targets"], [999, 7, 1])
+  exact = _downstream(np.arange(10, 15), [7], {"inputs": 8, "targets": 5})  # 5 + 2 markers + EOS = 8: no cut
+  np.testing.assert_array_equal(exact["inputs"], [999, 10, 11, 12, 13, 14, 949, 1])
+  with pytest.raises(ValueError, match="no room for the SSR markers"):
+    _downstream([5], [7], {"inputs": 2, "targets": 5})
