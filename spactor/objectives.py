@@ -5,8 +5,14 @@ Eq. 9 of the paper: L = L_G + λ1·L_RTD + λ2·L_SC. Each term is its own funct
 L encoder length, T decoder length, V vocabulary.
 
 Conventions:
-- Losses are means over their own support: L_SC over target tokens, L_G over [M] positions, L_RTD over every
-  non-padding encoder position (ELECTRA's choice).
+- Each term is reduced over its own support (L_SC: target tokens, L_G: [M] positions, L_RTD: every non-padding
+  encoder position) by a `normalization` (docs/design.md, "Loss normalization"):
+  - 'example_sum', the paper's (Eq. 4, 6, 8 are sums over positions; t5x sums): Σ over positions, mean over
+    the batch's rows, so a batch's loss does not scale with its size. The default of the runs (TrainConfig,
+    the t5x models).
+  - 'token_mean': the mean over the term's own positions (ELECTRA's reduction); it changes what λ1 and λ2 weigh.
+    The default of these functions, for callers that train one term alone (where only the scale differs).
+  - 'batch_sum': Σ over the whole batch, t5x's `loss_normalizing_factor=None`.
 - The RTD logit is the log-odds that a token was *replaced* (ELECTRA's sign); the paper's Eq. 5 writes the
   probability of "original", which is the same loss with the sign of the logit flipped.
 - Metrics are sums and counts (`*_sum`, `*_count`) so that they average correctly across batches and hosts;
@@ -28,20 +34,38 @@ def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, z_loss:
   return (log_z - target_logit) + z_loss * jnp.square(log_z)
 
 
-def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-  weights = weights.astype(jnp.float32)
-  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+EXAMPLE_SUM, TOKEN_MEAN, BATCH_SUM = 'example_sum', 'token_mean', 'batch_sum'
+NORMALIZATIONS = (EXAMPLE_SUM, TOKEN_MEAN, BATCH_SUM)
+PAPER_NORMALIZATION = EXAMPLE_SUM
+
+
+def check_normalization(normalization: str) -> str:
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f'loss normalization must be one of {NORMALIZATIONS}, got {normalization!r}')
+  return normalization
+
+
+def reduce_loss(values_BxN: jax.Array, weights_BxN: jax.Array, normalization: str = TOKEN_MEAN) -> jax.Array:
+  """Σ values·weights, divided as `normalization` says: by the weights' sum, by the rows, or not at all."""
+  weights = weights_BxN.astype(jnp.float32)
+  total = jnp.sum(values_BxN * weights)
+  if check_normalization(normalization) == TOKEN_MEAN:
+    return total / jnp.maximum(jnp.sum(weights), 1.0)
+  if normalization == EXAMPLE_SUM:
+    return total / weights.shape[0]
+  return total
 
 
 def _accuracy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
   return jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
 
 
-def sc_loss(logits_BxTxV, targets_BxT, weights_BxT, z_loss: float = 1e-4, prefix: str = 'sc'):
-  """L_SC (Eq. 8): the decoder's cross-entropy on span-corruption targets, mean over target tokens."""
+def sc_loss(logits_BxTxV, targets_BxT, weights_BxT, z_loss: float = 1e-4, prefix: str = 'sc',
+            normalization: str = TOKEN_MEAN):
+  """L_SC (Eq. 8): the decoder's cross-entropy on span-corruption targets, reduced over target tokens."""
   weights = weights_BxT.astype(jnp.float32)
   per_token = token_cross_entropy(logits_BxTxV, targets_BxT, z_loss)
-  loss = _weighted_mean(per_token, weights)
+  loss = reduce_loss(per_token, weights, normalization)
   nll = token_cross_entropy(logits_BxTxV, targets_BxT) * weights
   metrics = {
       f'{prefix}_loss_sum': jnp.sum(nll),
@@ -51,8 +75,8 @@ def sc_loss(logits_BxTxV, targets_BxT, weights_BxT, z_loss: float = 1e-4, prefix
   return loss, metrics
 
 
-def generator_loss(logits_BxLxV, clean_BxL, mlm_mask_BxL):
-  """L_G (Eq. 4): the generator's MLM cross-entropy at the [M] positions, mean over them."""
+def generator_loss(logits_BxLxV, clean_BxL, mlm_mask_BxL, normalization: str = TOKEN_MEAN):
+  """L_G (Eq. 4): the generator's MLM cross-entropy at the [M] positions, reduced over them."""
   weights = mlm_mask_BxL.astype(jnp.float32)
   per_token = token_cross_entropy(logits_BxLxV, clean_BxL)
   metrics = {
@@ -60,7 +84,7 @@ def generator_loss(logits_BxLxV, clean_BxL, mlm_mask_BxL):
       'gen_accuracy_sum': _accuracy_sum(logits_BxLxV, clean_BxL, weights),
       'gen_count': jnp.sum(weights),
   }
-  return _weighted_mean(per_token, weights), metrics
+  return reduce_loss(per_token, weights, normalization), metrics
 
 
 def restrict_vocab(logits_BxLxV: jax.Array, allowed_V: jax.Array) -> jax.Array:
@@ -122,14 +146,19 @@ def sample_replacements(rng, gen_logits_BxLxV, input_BxL, clean_BxL, mlm_mask_Bx
   return filled, replaced
 
 
-def rtd_loss(rtd_logits_BxL, replaced_BxL, nonpad_BxL, mlm_mask_BxL):
-  """L_RTD (Eq. 6): sigmoid cross-entropy of "replaced" over every non-padding encoder position."""
+def rtd_loss(rtd_logits_BxL, replaced_BxL, nonpad_BxL, mlm_mask_BxL, normalization: str = TOKEN_MEAN):
+  """L_RTD (Eq. 6): sigmoid cross-entropy of "replaced" over every non-padding encoder position.
+
+  Metrics beside accuracy, as the paper's diagnostics: recall (replaced tokens found), precision (predicted
+  replacements that were) and F1 = 2·TP / (predicted + actual), each a sum over a count.
+  """
   labels = replaced_BxL.astype(jnp.float32)
   weights = nonpad_BxL.astype(jnp.float32)
   logits = rtd_logits_BxL.astype(jnp.float32)
   per_token = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
-  predicted = logits > 0
-  correct = (predicted == replaced_BxL) * weights
+  predicted = (logits > 0).astype(jnp.float32)
+  correct = (predicted == labels) * weights
+  true_positives = jnp.sum(predicted * labels * weights)
   mlm_weights = mlm_mask_BxL.astype(jnp.float32)
   metrics = {
       'rtd_loss_sum': jnp.sum(per_token * weights),
@@ -139,10 +168,14 @@ def rtd_loss(rtd_logits_BxL, replaced_BxL, nonpad_BxL, mlm_mask_BxL):
       'replaced_sum': jnp.sum(labels * mlm_weights),
       'replaced_count': jnp.sum(mlm_weights),
       # Recall on replaced tokens: the accuracy that matters, since most tokens are original.
-      'rtd_recall_sum': jnp.sum(predicted * labels * weights),
+      'rtd_recall_sum': true_positives,
       'rtd_recall_count': jnp.sum(labels * weights),
+      'rtd_precision_sum': true_positives,
+      'rtd_precision_count': jnp.sum(predicted * weights),
+      'rtd_f1_sum': 2.0 * true_positives,
+      'rtd_f1_count': jnp.sum((predicted + labels) * weights),
   }
-  return _weighted_mean(per_token, weights), metrics
+  return reduce_loss(per_token, weights, normalization), metrics
 
 
 def combine(terms: Mapping[str, tuple[float, jax.Array]]):

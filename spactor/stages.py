@@ -5,6 +5,10 @@ discriminator's encoder on RTD and its decoder on span corruption given X̂_c. S
 corruption on X_c. Both take the same batch (the hybrid task's features), so the data stream goes on unbroken
 across the switch at τ; `clean_batch` gives the SC view of it.
 
+Both take a `normalization` (spactor.objectives: 'example_sum' is the paper's and the runs' default). Stage 2
+trains on `sc_weight`·L_SC; the runs set it to λ2, so the SC term keeps its scale across τ and Adafactor's
+carried second moments still fit its gradients (docs/design.md, "The switch at τ").
+
 Each loss function has the signature `(module, params, batch, rng, enable_dropout) -> (loss, metrics)` with its
 hyper-parameters bound beforehand (`functools.partial`), so a train step takes the loss as an argument.
 """
@@ -61,20 +65,21 @@ def _encode(module, params, tokens, batch, rng, enable_dropout):
 
 
 def sc_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, *, z_loss: float = 1e-4,
-            prefix: str = 'sc'):
-  """Span corruption on the batch's encoder input (stage 2, the SC baseline, and t5x's SC model)."""
+            prefix: str = 'sc', normalization: str = objectives.TOKEN_MEAN, sc_weight: float = 1.0):
+  """sc_weight·L_SC on the batch's encoder input (stage 2, the SC baseline, and t5x's SC model)."""
   encode_rng, decode_rng = jax.random.split(rng)
   tokens = batch['encoder_input_tokens']
   encoded = _encode(module, params, tokens, batch, encode_rng, enable_dropout)
   logits = _decode_logits(module, params, encoded, tokens, batch, decode_rng, enable_dropout)
-  return objectives.sc_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
-                            z_loss=z_loss, prefix=prefix)
+  loss, metrics = objectives.sc_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                                     z_loss=z_loss, prefix=prefix, normalization=normalization)
+  return sc_weight * loss, metrics
 
 
 def hybrid_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, *,
                 weights: HybridWeights, allowed_ids: jax.Array, z_loss: float = 1e-4,
-                max_predictions: Optional[int] = None):
-  """L_G + λ1·L_RTD + λ2·L_SC on one batch (Eq. 9).
+                max_predictions: Optional[int] = None, normalization: str = objectives.TOKEN_MEAN):
+  """L_G + λ1·L_RTD + λ2·L_SC on one batch (Eq. 9), each term reduced by `normalization`.
 
   max_predictions: a static bound on the [M] positions of a row; the generator projects only those to the
   vocabulary (None: every position, the same result at a higher cost).
@@ -88,7 +93,7 @@ def hybrid_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, 
       rngs={'dropout': gen_rng}, method='generator_logits')
   gen_logits = objectives.restrict_vocab(gen_logits, allowed_ids)
   clean_k = objectives.gather(clean, positions)
-  l_gen, gen_metrics = objectives.generator_loss(gen_logits, clean_k, valid)
+  l_gen, gen_metrics = objectives.generator_loss(gen_logits, clean_k, valid, normalization)
 
   filled_k, replaced_k = objectives.sample_replacements(
       sample_rng, gen_logits, objectives.gather(masked, positions), clean_k, valid)
@@ -96,11 +101,13 @@ def hybrid_loss(module, params, batch: Batch, rng, enable_dropout: bool = True, 
   replaced = objectives.scatter(jnp.zeros_like(masked, bool), positions, replaced_k)
   encoded = _encode(module, params, filled, batch, encode_rng, enable_dropout)
   rtd_logits = module.apply({'params': params}, encoded, method='rtd_logits')
-  l_rtd, rtd_metrics = objectives.rtd_loss(rtd_logits, replaced, filled > 0, batch['encoder_mlm_mask'])
+  l_rtd, rtd_metrics = objectives.rtd_loss(rtd_logits, replaced, filled > 0, batch['encoder_mlm_mask'],
+                                           normalization)
 
   logits = _decode_logits(module, params, encoded, filled, batch, decode_rng, enable_dropout)
   l_sc, sc_metrics = objectives.sc_loss(
-      logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'], z_loss=z_loss)
+      logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'], z_loss=z_loss,
+      normalization=normalization)
 
   total, term_metrics = objectives.combine({
       'gen': (1.0, l_gen), 'rtd': (weights.lambda1, l_rtd), 'sc': (weights.lambda2, l_sc)})

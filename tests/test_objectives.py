@@ -17,7 +17,7 @@ def test_token_cross_entropy_matches_log_softmax():
   np.testing.assert_allclose(objectives.token_cross_entropy(logits, targets), expected, rtol=1e-5)
 
 
-def test_sc_loss_is_mean_over_weighted_tokens_and_ignores_padding():
+def test_sc_loss_token_mean_is_mean_over_weighted_tokens_and_ignores_padding():
   # Uniform logits over 4 ids: every token costs log 4, whatever the target; padding must not count.
   logits = jnp.zeros((1, 3, 4))
   loss, metrics = objectives.sc_loss(logits, jnp.array([[1, 2, 0]]), jnp.array([[1, 1, 0]]), z_loss=0.0)
@@ -50,6 +50,50 @@ def test_rtd_loss_exact_values():
   assert metrics['rtd_count'] == 3
   assert metrics['replaced_sum'] == 1 and metrics['replaced_count'] == 2
   assert metrics['rtd_recall_sum'] == 1 and metrics['rtd_recall_count'] == 1
+
+
+def test_rtd_precision_and_f1_are_sums_over_counts():
+  # Predicted replaced (logit > 0) at positions 0, 1, 4; replaced at 1, 2, 4; position 5 is padding.
+  logits = jnp.array([[1.0, 2.0, -1.0, -3.0, 0.5, 9.0]])
+  replaced = jnp.array([[False, True, True, False, True, True]])
+  nonpad = jnp.array([[True, True, True, True, True, False]])
+  _, metrics = objectives.rtd_loss(logits, replaced, nonpad, jnp.ones((1, 6)))
+  summary = objectives.summarize(metrics)
+  assert summary['rtd_precision'] == pytest.approx(2 / 3)  # TP = 2 of 3 predicted
+  assert summary['rtd_recall'] == pytest.approx(2 / 3)  # 2 of 3 replaced found
+  assert summary['rtd_f1'] == pytest.approx(2 * 2 / (3 + 3))
+  assert summary['rtd_accuracy'] == pytest.approx(3 / 5)
+  # Sums and counts add across batches: two copies give the same means.
+  doubled = objectives.summarize(jax.tree.map(lambda x: 2 * x, metrics))
+  assert doubled['rtd_f1'] == pytest.approx(summary['rtd_f1'])
+
+
+def _three_terms(batch_copies: int, normalization: str):
+  """L_SC, L_G and L_RTD on one hand-made example repeated `batch_copies` times."""
+  tile = lambda x: jnp.tile(x, (batch_copies,) + (1,) * (x.ndim - 1))
+  sc, _ = objectives.sc_loss(tile(jnp.zeros((1, 3, 4))), tile(jnp.array([[1, 2, 0]])), tile(jnp.array([[1, 1, 0]])),
+                             z_loss=0.0, normalization=normalization)
+  gen, _ = objectives.generator_loss(tile(jnp.zeros((1, 4, 8))), tile(jnp.array([[1, 2, 3, 4]])),
+                                     tile(jnp.array([[1, 0, 0, 0]])), normalization)
+  rtd, _ = objectives.rtd_loss(tile(jnp.zeros((1, 5))), tile(jnp.zeros((1, 5), bool)), tile(jnp.ones((1, 5), bool)),
+                               tile(jnp.zeros((1, 5))), normalization)
+  return np.array([sc, gen, rtd])
+
+
+def test_paper_normalization_sums_over_positions_and_means_over_examples():
+  """Eq. 4, 6, 8 are sums over positions; the batch's loss does not scale with its size."""
+  # Uniform logits: each SC token costs log 4 (2 tokens), each [M] log 8 (1 position), each RTD position log 2 (5).
+  per_example = np.array([2 * np.log(4), np.log(8), 5 * np.log(2)])
+  np.testing.assert_allclose(_three_terms(1, 'example_sum'), per_example, rtol=1e-6)
+  np.testing.assert_allclose(_three_terms(3, 'example_sum'), per_example, rtol=1e-6)
+  np.testing.assert_allclose(_three_terms(3, 'batch_sum'), 3 * per_example, rtol=1e-6)  # t5x's default
+  np.testing.assert_allclose(_three_terms(3, 'token_mean'), [np.log(4), np.log(8), np.log(2)], rtol=1e-6)
+  assert objectives.PAPER_NORMALIZATION == 'example_sum'
+
+
+def test_unknown_normalization_is_named():
+  with pytest.raises(ValueError, match="loss normalization must be one of .*'per_batch'"):
+    objectives.reduce_loss(jnp.ones((1, 2)), jnp.ones((1, 2)), 'per_batch')
 
 
 def test_a_correct_sample_is_labelled_real():
@@ -139,15 +183,45 @@ def test_flops_of_a_dense_layer_and_attention_by_hand():
   assert flops.attention(2, 2, 4, 1, 4) == 4 * (2 * 2 * 4 * 4) + 2 * (2 * 2 * 2 * 4)
 
 
-def test_hybrid_over_sc_flops_ratio_for_base_is_near_table_3():
-  """Table 3 reports x1.375 for SpacTor-Base stage 1 over SC; the analytic count lands near it."""
-  config = SimpleNamespace(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072,
-                           num_encoder_layers=12, num_decoder_layers=12, mlp_activations=('relu',))
-  generator = SimpleNamespace(num_layers=4, mlp_dim=1024, num_heads=None, head_dim=None)
-  lengths = flops.Lengths(inputs=512, targets=114)
-  ratio = (flops.hybrid_step_flops(config, generator, SimpleNamespace(mlp_dim=3072), lengths, 2048)
-           / flops.sc_step_flops(config, lengths, 2048))
-  assert 1.25 < ratio < 1.4
+BASE = SimpleNamespace(vocab_size=32128, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=3072, num_encoder_layers=12,
+                       num_decoder_layers=12, mlp_activations=('relu',))
+BASE_GENERATOR = SimpleNamespace(num_layers=4, mlp_dim=1024, num_heads=None, head_dim=None)
+BASE_RTD_HEAD = SimpleNamespace(mlp_dim=3072)
+
+
+def _by_hand_forward(L, T, V, d, inner, mlp, enc_layers, dec_layers, gen_layers, gen_mlp, rtd_mlp, gen_logits):
+  """Forward FLOPs per example written out from the architecture (2 per multiply-add): D, and G + RTD head."""
+  self_attention = lambda n: 2 * 4 * n * d * inner + 2 * 2 * n * n * inner
+  cross_attention = 2 * 2 * T * d * inner + 2 * 2 * L * d * inner + 2 * 2 * T * L * inner
+  encoder_layer = lambda mlp_dim: self_attention(L) + 2 * 2 * L * d * mlp_dim
+  t5 = (enc_layers * encoder_layer(mlp) + dec_layers * (self_attention(T) + cross_attention + 2 * 2 * T * d * mlp)
+        + 2 * T * d * V)
+  extra = gen_layers * encoder_layer(gen_mlp) + 2 * gen_logits * d * V + 2 * L * d * rtd_mlp + 2 * L * rtd_mlp
+  return t5, extra
+
+
+def test_analytic_flops_of_base_are_pinned_exactly():
+  """Our count: 3x forward, whole batch, the generator projecting only its k [M] positions (as the trainer runs)."""
+  lengths, batch, k = flops.Lengths(inputs=512, targets=114), 2048, 78
+  t5, extra = _by_hand_forward(512, 114, 32128, 768, 768, 3072, 12, 12, 4, 1024, 3072, gen_logits=k)
+  sc = flops.sc_step_flops(BASE, lengths, batch)
+  hybrid = flops.hybrid_step_flops(BASE, BASE_GENERATOR, BASE_RTD_HEAD, lengths, batch, logits_tokens=k)
+  assert sc == 3 * batch * t5
+  assert hybrid == 3 * batch * (t5 + extra)
+  assert hybrid / sc == (t5 + extra) / t5  # 1.1803: what our trainer spends per stage-1 step
+
+
+def test_paper_flops_count_reproduces_table_3():
+  """Table 3: 1.6e4 (baseline) and 2.2e4 (SpacTor-Base stage 1) GFLOPs per step, per device at 32 examples."""
+  lengths, (L, T, V, d) = flops.Lengths(inputs=512, targets=114), (512, 114, 32128, 768)
+  t5, extra = _by_hand_forward(L, T, V, d, 768, 3072, 12, 12, 4, 1024, 3072, gen_logits=L)
+  lookup = lambda n: 2 * n * V * d  # one-hot matmul, forward and the table's gradient: 2x
+  sc = flops.paper_sc_step_flops(BASE, lengths)
+  hybrid = flops.paper_hybrid_step_flops(BASE, BASE_GENERATOR, BASE_RTD_HEAD, lengths)
+  assert sc == 32 * (3 * t5 + 2 * (lookup(L) + lookup(T)))
+  assert hybrid == 32 * (3 * (t5 + extra) + 2 * (2 * lookup(L) + lookup(T)))
+  assert round(sc / 1e9, -2) == 15600 and round(hybrid / 1e9, -2) == 21700
+  assert f'{sc / 1e9:.1e}' == '1.6e+04' and f'{hybrid / 1e9:.1e}' == '2.2e+04'
 
 
 def test_masked_positions_lists_mask_positions_first_and_pads_with_distinct_unmasked_ones():
