@@ -7,8 +7,12 @@ keeps that structure by construction instead of parsing whatever comes out:
 - while filling span k the sampler may pick any ordinary piece or the next structural token (sentinel k+1, or
   EOS after the last span); other sentinels, EOS too early, pad, [M] and unused ids are never sampled;
 - a span that reaches `max_span_fill` tokens, or an example whose token budget is only just enough for the
-  structural tokens still owed, gets the next structural token forced.
-An example's token budget is chosen so that its SSR input fits the SSR inputs length (see ssr.generate).
+  structural tokens still owed and a reserve of `reserve_per_span` fill tokens for each later span, gets the next
+  structural token forced.
+An example's token budget is chosen so that its SSR input fits the SSR inputs length (see ssr.generate). The
+reserve keeps the budget from leaving the last spans empty (they would become plain infilling): a span is closed
+empty by the budget only when the whole fill budget is smaller than one token per span; such spans are counted
+(`budget_empty`), and so are spans the budget cut short (`budget_cut`).
 
 Loss: each sampled (not forced) token adds its negative log-likelihood under the generator's own distribution
 (softmax of the raw logits, before temperature and truncation); the sum is the difficulty of the example.
@@ -94,7 +98,7 @@ def _step_logits_full(model, params, encoded, encoder_tokens, max_length):
 
 def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, example_ids, rng, *,
            vocab: InfillVocab, max_length: int, sampling_config: SamplingConfig = SamplingConfig(),
-           max_span_fill: int = 16, use_cache: bool = True):
+           max_span_fill: int = 16, reserve_per_span: int = 1, use_cache: bool = True):
   """Samples one infilling per example.
 
   Args:
@@ -106,11 +110,15 @@ def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, 
     rng: PRNG key.
     vocab: sentinel layout; max_length: static decoder length (cache size), >= max(budget).
     max_span_fill: most tokens in one span's fill; use_cache: False recomputes the prefix (tests, reference).
+    reserve_per_span: fill tokens of the budget kept for each later span while a span is filled (at most the fill
+      budget shared evenly over the spans).
 
   Returns:
     dict of `tokens` int32 [B, max_length] (pad after EOS), `fill_mask` bool [B, max_length] (True at sampled
     fill tokens), `token_nll` float32 [B, max_length] (0 where forced), `loss` float32 [B] (sum of token_nll),
-    `num_fill_tokens` int32 [B].
+    `num_fill_tokens` int32 [B], `num_sampled` int32 [B] (tokens whose NLL the loss sums: fills and the
+    structural tokens the sampler chose), `budget_empty` / `budget_cut` int32 [B] (spans the budget closed empty /
+    cut short).
   """
   batch = encoder_tokens.shape[0]
   encoded = model.apply({"params": params}, encoder_tokens, enable_dropout=False, method="encode")
@@ -121,9 +129,11 @@ def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, 
   example_keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(example_ids)
   draw = jax.vmap(functools.partial(sampling.sample, temperature=sampling_config.temperature,
                                     top_k=sampling_config.top_k, top_p=sampling_config.top_p))
+  fill_budget = jnp.maximum(budget - num_spans - 1, 0)
+  reserve = jnp.minimum(reserve_per_span, fill_budget // jnp.maximum(num_spans, 1))
 
   def body(carry):
-    t, state, token, tokens, fill_mask, nll, opened, fill_len, done = carry
+    t, state, token, tokens, fill_mask, nll, opened, fill_len, done, counts = carry
     logits, state = step_logits(state, token, tokens, t)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
     structural = jnp.where(opened < num_spans, vocab.sentinel(opened), EOS_ID)
@@ -131,30 +141,35 @@ def infill(model: model_lib.SpacTor, params, encoder_tokens, num_spans, budget, 
     keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(example_keys)
     sampled = draw(keys, jnp.where(allowed, logits, sampling.NEG_INF))
     owed = num_spans - opened + 1  # structural tokens still to write: sentinels and EOS
-    force = (opened == 0) | (fill_len >= max_span_fill) | (budget - t <= owed)
+    by_budget = (opened > 0) & (budget - t <= owed + reserve * (num_spans - opened))
+    force = (opened == 0) | (fill_len >= max_span_fill) | by_budget
     new = jnp.where(done, PAD_ID, jnp.where(force, structural, sampled))
     is_structural = new == structural
     is_fill = ~done & ~is_structural
     token_nll = jnp.where(~done & ~force, -jnp.take_along_axis(log_probs, new[:, None], axis=1)[:, 0], 0.0)
+    budget_closed = ~done & by_budget & (fill_len < max_span_fill)
+    counts = counts + jnp.stack([(~done & ~force).astype(jnp.int32), (budget_closed & (fill_len == 0)).astype(
+        jnp.int32), (budget_closed & (fill_len > 0)).astype(jnp.int32)], axis=1)
     tokens = tokens.at[:, t].set(new)
     fill_mask = fill_mask.at[:, t].set(is_fill)
     nll = nll.at[:, t].set(token_nll)
     opened = opened + (~done & is_structural & (opened < num_spans)).astype(jnp.int32)
     fill_len = jnp.where(is_structural, 0, fill_len + is_fill.astype(jnp.int32))
     done = done | (new == EOS_ID)
-    return t + 1, state, new, tokens, fill_mask, nll, opened, fill_len, done
+    return t + 1, state, new, tokens, fill_mask, nll, opened, fill_len, done, counts
 
   def cond(carry):
-    t, done = carry[0], carry[-1]
+    t, done = carry[0], carry[-2]
     return (t < max_length) & ~jnp.all(done)
 
   zeros = jnp.zeros((batch,), jnp.int32)
   carry = (jnp.zeros((), jnp.int32), state, zeros, jnp.zeros((batch, max_length), jnp.int32),
            jnp.zeros((batch, max_length), bool), jnp.zeros((batch, max_length), jnp.float32), zeros, zeros,
-           num_spans <= 0)
-  _, _, _, tokens, fill_mask, nll, _, _, _ = jax.lax.while_loop(cond, body, carry)
+           num_spans <= 0, jnp.zeros((batch, 3), jnp.int32))
+  _, _, _, tokens, fill_mask, nll, _, _, _, counts = jax.lax.while_loop(cond, body, carry)
   return {"tokens": tokens, "fill_mask": fill_mask, "token_nll": nll, "loss": nll.sum(axis=1),
-          "num_fill_tokens": fill_mask.sum(axis=1).astype(jnp.int32)}
+          "num_fill_tokens": fill_mask.sum(axis=1).astype(jnp.int32), "num_sampled": counts[:, 0],
+          "budget_empty": counts[:, 1], "budget_cut": counts[:, 2]}
 
 
 def split_fills(tokens, fill_mask, num_spans, vocab: InfillVocab):

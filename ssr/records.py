@@ -7,7 +7,8 @@ Layout of a data directory:
 
 Each record: `inputs`, `targets` (int64 lists, without EOS: the task appends it), `id` (global example index),
 `num_spans`, `truth_length` (masked tokens), `imperfect_length` (generated span tokens), `generator_loss` (the
-generator's summed per-token negative log-likelihood of the generated span tokens).
+generator's summed negative log-likelihood of the tokens it sampled: span tokens and the structural tokens it
+chose), `sampled_tokens` (how many tokens that sum counts; -1 in data written before it was recorded).
 """
 import os
 import re
@@ -21,12 +22,15 @@ SCALARS = {
     "truth_length": tf.int64,
     "imperfect_length": tf.int64,
     "generator_loss": tf.float32,
+    "sampled_tokens": tf.int64,
 }
+OPTIONAL_SCALARS = {"sampled_tokens": -1}  # name: value read where a record lacks it (older data)
 SEQUENCES = ("inputs", "targets")
 
 
 def feature_spec(with_sequences=True):
-  spec = {name: tf.io.FixedLenFeature([], dtype) for name, dtype in SCALARS.items()}
+  spec = {name: tf.io.FixedLenFeature([], dtype, default_value=OPTIONAL_SCALARS.get(name))
+          for name, dtype in SCALARS.items()}
   if with_sequences:
     spec.update({name: tf.io.VarLenFeature(tf.int64) for name in SEQUENCES})
   return spec
@@ -38,6 +42,8 @@ def encode(example: dict) -> bytes:
   for name in SEQUENCES:
     feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=np.asarray(example[name]).tolist()))
   for name, dtype in SCALARS.items():
+    if name in OPTIONAL_SCALARS and name not in example:
+      continue
     value = example[name]
     if dtype == tf.float32:
       feature[name] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)]))

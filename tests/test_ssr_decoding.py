@@ -31,9 +31,10 @@ def setup():
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(model, use_cache=True, sampling_config=decoding.SamplingConfig()):
+def _compiled(model, use_cache=True, sampling_config=decoding.SamplingConfig(), reserve_per_span=1):
   return jax.jit(functools.partial(decoding.infill, model, vocab=VOCAB, max_length=D, max_span_fill=4,
-                                   use_cache=use_cache, sampling_config=sampling_config))
+                                   use_cache=use_cache, sampling_config=sampling_config,
+                                   reserve_per_span=reserve_per_span))
 
 
 def _infill(model, params, enc, rng, num_spans=NUM_SPANS, budget=BUDGET, ids=None, **kwargs):
@@ -96,6 +97,26 @@ def test_structure_budget_and_span_cap(setup):
       assert out["num_fill_tokens"][row] == sum(len(f) for f in fills)
       np.testing.assert_allclose(out["loss"][row], out["token_nll"][row].sum(), rtol=1e-6)
   assert out["loss"][0] > 0
+
+
+def test_budget_keeps_a_reserve_for_later_spans_and_counts_what_it_forces(setup):
+  """With a fill budget of at least one token per span the budget never closes a span empty; with less it must,
+  and says so. `num_sampled` counts exactly the tokens whose NLL the loss sums."""
+  model, params, enc = setup
+  num_spans = np.array([4, 4, 3, 2, 4], np.int32)
+  budget = np.array([5, 16, 16, 16, 6], np.int32)  # fill budgets (budget - n - 1): 0, 11, 12, 13, 1
+  for seed in range(3):
+    out = _infill(model, params, enc, jax.random.PRNGKey(seed), num_spans, budget)
+    assert (out["budget_empty"][0], out["budget_cut"][0], out["num_sampled"][0]) == (4, 0, 0)  # all forced
+    assert out["loss"][0] == 0
+    np.testing.assert_array_equal(out["budget_empty"][1:4], 0)  # the reserve held
+    assert out["num_fill_tokens"][4] <= 1
+    np.testing.assert_array_equal(out["num_sampled"], np.sum(out["token_nll"] > 0, axis=1))
+    for row in range(len(num_spans)):
+      fills = decoding.split_fills(out["tokens"][row], out["fill_mask"][row], num_spans[row], VOCAB)
+      assert sum(len(f) == 0 for f in fills) >= out["budget_empty"][row]
+      assert out["budget_empty"][row] + out["budget_cut"][row] <= num_spans[row]
+      assert int(np.sum(out["tokens"][row] != 0)) <= budget[row]
 
 
 def test_samples_stay_in_the_numpy_nucleus(setup):
