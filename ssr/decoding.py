@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from spactor import beam_search
 from spactor import model as model_lib
 from ssr import masking, sampling
 
@@ -61,25 +62,14 @@ class InfillVocab:
 
 
 def _step_logits_cached(model, params, encoded, encoder_tokens, max_length):
-  """(init_state, step_fn) for cached decoding: one decoder position per call."""
-  def run(cache, token):
-    logits, mutated = model.apply({"params": params, "cache": cache}, encoded, encoder_tokens, token[:, None],
-                                  token[:, None], enable_dropout=False, decode=True, max_decode_length=max_length,
-                                  mutable=["cache"], method="decode")
-    return logits[:, 0], mutated["cache"]
-
-  def create_cache():
-    dummy = jnp.ones((encoder_tokens.shape[0], max_length), jnp.int32)
-    init = lambda p, e, x: model.apply({"params": p}, e, x, dummy, dummy, enable_dropout=False, decode=True,
-                                       mutable=["cache"], method="decode")[1]["cache"]
-    shapes = jax.eval_shape(init, params, encoded, encoder_tokens)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  """(init_state, step_fn) for cached decoding: one decoder position per call (spactor.beam_search's)."""
+  cache, run = beam_search.cached_step_fn(model, params, encoded, encoder_tokens, max_length)
 
   def step(cache, token, tokens_so_far, t):
     del tokens_so_far, t
     return run(cache, token)
 
-  return create_cache(), step
+  return cache, step
 
 
 def _step_logits_full(model, params, encoded, encoder_tokens, max_length):
