@@ -163,7 +163,7 @@ def sotu_or_synthetic_vocab(model_vocab: Optional[int]):
   """The project's embedded vocabulary (4,000 pieces: model vocab 4224) when model_vocab is None, else a
   synthetic one whose model vocab is `model_vocab` (a multiple of 128, e.g. 32128 as public T5)."""
   if model_vocab is None:
-    import tasks
+    from spactor import tasks
     vocab = tasks.vocabulary('sotu')
     vocab.vocab_size  # loads (and builds once, cached) the SentencePiece model
     return vocab
@@ -199,6 +199,12 @@ def synthetic_batch(batch_size: int, inputs_length: int, targets_length: int, vo
   return {'encoder_input_tokens': masked, 'encoder_clean_tokens': clean, 'encoder_mlm_mask': mask,
           'decoder_target_tokens': targets, 'decoder_input_tokens': decoder_inputs,
           'decoder_loss_weights': (targets > 0).astype(np.int32)}
+
+
+def vocab_sizes(vocab):
+  """The sizes the trainer's stages need of a (real or synthetic) vocabulary."""
+  from spactor import trainer, vocab as vocab_lib
+  return trainer.VocabSizes(model=vocab_lib.model_vocab_size(vocab), pieces=vocab.vocab_size - vocab.extra_ids)
 
 
 def preset_scope(size: str, version: str = 't5_1_0', dtype: str = 'float32'):
@@ -260,21 +266,20 @@ def tree_bytes(tree) -> int:
 def build_step_benches(size: str, batch_size: int, inputs_length: int, model_vocab: Optional[int] = None,
                        version: str = 't5_1_0', dtype: str = 'float32', stages=('hybrid', 'sc'),
                        seed: int = 0, init_sc_directly: bool = False) -> dict[str, StepBench]:
-  """Both stages' train steps exactly as spactor.train.run builds them (TrainConfig, build_stages,
+  """Both stages' train steps exactly as spactor.train.run builds them with spactor.trainer (TrainConfig, build_stages,
   make_optimizer, init_state, switch_to_sc, compile_train_step), fed one synthetic batch of the hybrid task's
   model features. The SC stage gets its state by the trainer's own switch at τ, or, with init_sc_directly and
   stages=('sc',), by init_state of the SC stage (no generator is ever allocated: for memory figures)."""
   import jax
-  from spactor import partitioning, train, vocab as vocab_lib
+  from spactor import partitioning, trainer as train, vocab as vocab_lib
 
   vocab = sotu_or_synthetic_vocab(model_vocab)
-  config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
-                             batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', plot=False)
   with preset_scope(size, version, dtype):
-    stage_defs = train.build_stages(config, vocab)
+    config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
+                               batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', plot=False)
+  stage_defs = train.build_stages(config, vocab_sizes(vocab))
   tx = train.make_optimizer(config)
-  lengths = train.task_lengths(inputs_length)
-  host_batch = synthetic_batch(batch_size, inputs_length, lengths['targets'], vocab, vocab_lib.mask_id(vocab),
+  host_batch = synthetic_batch(batch_size, inputs_length, config.targets_length, vocab, vocab_lib.mask_id(vocab),
                                seed=seed)
   mesh = partitioning.make_mesh(1)
   batch_sharding = partitioning.batch_sharding(mesh)

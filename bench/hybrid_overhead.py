@@ -4,7 +4,7 @@ r"""Hybrid overhead (SpacTor Table 3): train-step time of stage 1 over stage 2, 
   .venv/bin/python bench/hybrid_overhead.py --configs=small:16:128:32128,base:4:128:32128 --reps=3
 
 For each config (preset:batch:inputs_length[:model_vocab]) it builds both stages' train steps exactly as the trainer does
-(spactor.train.build_stages / make_optimizer / init_state / switch_to_sc / compile_train_step), feeds each the
+(spactor.trainer.build_stages / make_optimizer / init_state / switch_to_sc / compile_train_step), feeds each the
 same synthetic batch of the hybrid task's model features, and times them interleaved (stage 1, stage 2, stage 1,
 ...), each timed repetition being `steps` train steps. It reports the median step times, their ratio, the
 analytic FLOPs ratio from spactor.flops (logits over max_mlm_positions [M] positions, as the trainer counts it)
@@ -58,12 +58,11 @@ def measure(size: str, batch_size: int, inputs_length: int, reps: int, steps: in
 
 def paper_scale_flops_ratio(size: str = 'base', inputs_length: int = 512, model_vocab: int = 32128) -> float:
   """The analytic ratio at the paper's Table 3 setting (not run here): T5-Base, 512 inputs, vocab 32128."""
-  from spactor import config as config_lib, flops, train
+  from spactor import config as config_lib, flops, span_lengths
   t5, generator, rtd_head = config_lib.preset(size, vocab_size=model_vocab)
-  lengths = train.task_lengths(inputs_length)
-  cost = flops.Lengths(inputs=lengths['inputs'], targets=lengths['targets'])
-  hybrid = flops.hybrid_step_flops(t5, generator, rtd_head, cost, 1, logits_tokens=train.max_mlm_positions(
-      inputs_length))
+  cost = flops.Lengths(inputs=inputs_length, targets=span_lengths.random_spans_helper(inputs_length)[1])
+  hybrid = flops.hybrid_step_flops(t5, generator, rtd_head, cost, 1, logits_tokens=span_lengths.max_mlm_positions(
+      inputs_length, span_lengths.DEFAULT_MLM_RATIO))
   return hybrid / flops.sc_step_flops(t5, cost, 1)
 
 

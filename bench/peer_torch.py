@@ -159,8 +159,8 @@ class TorchPeer:
 
 def measure(size: str, batch: int, inputs: int, vocab, reps: int, steps: int, args) -> dict:
   import jax
-  from spactor import train
-  targets = train.task_lengths(inputs)['targets']
+  from spactor import span_lengths
+  targets = span_lengths.random_spans_helper(inputs)[1]
   bench = common.build_step_benches(size, batch, inputs, model_vocab=vocab, dtype=args.dtype, stages=('sc',))['sc']
   rows_vocab = bench.state.params['token_embedder']['embedding'].shape[0]
   peer = TorchPeer(args.torch_python, {'size': size, 'batch': batch, 'inputs': inputs, 'targets': targets,

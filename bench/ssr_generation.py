@@ -27,7 +27,7 @@ from bench import common  # noqa: E402
 def generator_inputs(batch_size: int, inputs_length: int, corpus: str = 'sotu'):
   """(numpy arrays for infill, GenerateConfig, vocab) from the first examples of the SSR masking task."""
   import numpy as np
-  import tasks as spactor_tasks
+  from spactor import tasks as spactor_tasks
   from ssr import generate, tasks as ssr_tasks
 
   vocab = spactor_tasks.vocabulary(corpus)

@@ -2,7 +2,8 @@
 
 One Orbax step directory holds three items, written together and made visible by one atomic rename:
 - `state`: the TrainState (step, params, optimizer state), sharded arrays;
-- `data`: the tf.data iterator of each process (`tf.train.Checkpoint`), so the data order goes on unbroken;
+- `data`: the tf.data iterator of each process (`tf.train.Checkpoint`), so the data order goes on unbroken
+  (absent for synthetic input; TensorFlow is imported only when this item is read or written);
 - `meta`: JSON with the stage the state belongs to, so a restart rebuilds the right tree before restoring.
 
 A crash mid-write leaves only a temporary directory, which Orbax never lists as a step. A latest step that
@@ -18,7 +19,6 @@ import flax
 import jax
 import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,13 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
     return os.path.join(os.fspath(directory), f'process_{jax.process_index()}-of-{jax.process_count()}')
 
   def save(self, directory, *args, **kwargs):
+    import tensorflow as tf
     args = kwargs.get('args', args[0] if args else None)
     tf.io.gfile.makedirs(os.fspath(directory))
     tf.train.Checkpoint(iterator=args.iterator).write(self._prefix(directory))
 
   def restore(self, directory, *args, **kwargs):
+    import tensorflow as tf
     args = kwargs.get('args', args[0] if args else None)
     prefix = self._prefix(directory)
     if not tf.io.gfile.exists(prefix + '.index'):
@@ -89,10 +91,12 @@ def make_manager(directory: str, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, iterator, meta: dict) -> int:
+  """Writes the state, the metadata and (unless `iterator` is None) the data iterator's position."""
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-      data=DatasetIteratorSave(iterator)), force=True)
+  items = {'state': ocp.args.StandardSave(state), 'meta': ocp.args.JsonSave(meta)}
+  if iterator is not None:
+    items['data'] = DatasetIteratorSave(iterator)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
   manager.wait_until_finished()
   return step
 
@@ -109,9 +113,10 @@ def restore_latest(manager: ocp.CheckpointManager,
   for step in steps:
     try:
       meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-      restored = manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state_for(meta)),
-          data=DatasetIteratorRestore(iterator)))
+      items = {'state': ocp.args.StandardRestore(abstract_state_for(meta))}
+      if iterator is not None:
+        items['data'] = DatasetIteratorRestore(iterator)
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
       return restored['state'], meta
     except Exception as e:  # a damaged step: report it, set it aside, and fall back to the previous one
       aside = set_aside(manager, step)

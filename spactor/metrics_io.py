@@ -1,6 +1,7 @@
 """What a run shows a person: metrics (JSON lines + TensorBoard), a progress bar, a summary table and a plot."""
 import collections
 import json
+import logging
 import os
 import sys
 import time
@@ -29,7 +30,11 @@ class MetricsWriter:
       return
     os.makedirs(model_dir, exist_ok=True)
     _truncate_after(self.path, start_step)
-    import tensorflow as tf
+    try:
+      import tensorflow as tf
+    except ImportError:  # a bare accelerator image: metrics.jsonl only
+      logging.getLogger(__name__).warning('TensorFlow is not installed: no TensorBoard logs, only %s', self.path)
+      return
     self._tb = tf.summary.create_file_writer(os.path.join(model_dir, 'tb'))
 
   def write(self, step: int, scalars: dict[str, float], extra: Optional[dict[str, Any]] = None) -> None:
@@ -38,6 +43,8 @@ class MetricsWriter:
     record = {'step': step, **(extra or {}), **scalars}
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
+    if self._tb is None:
+      return
     import tensorflow as tf
     with self._tb.as_default(step=step):
       for name, value in {**scalars, **{k: v for k, v in (extra or {}).items() if isinstance(v, (int, float))}}.items():

@@ -7,7 +7,7 @@ r"""Continual pre-training from an SC or SpacTor checkpoint: SSR (with its curri
 
 The T5 weights (encoder, decoder, embedder; a SpacTor checkpoint's generator and RTD head are left out) come
 from the newest step of INIT_CHECKPOINT; the optimizer state starts fresh. The loop is the project trainer's own
-(spactor.train.train_loop, with its checkpoints, metrics and preemption handling) around other data, another
+(spactor.trainer.train_loop, with its checkpoints, metrics and preemption handling) around other data, another
 optimizer and schedule, so a restart continues exactly from the run's own newest checkpoint. Every evaluation
 reports the validation loss on both objectives (SSR on the generated validation split, SC on the corpus), so runs
 of either objective compare on the same numbers.
@@ -30,11 +30,11 @@ from spactor import checkpointing, flops, metrics_io, objectives, partitioning, 
 from spactor import config as config_lib
 from spactor import model as model_lib
 from spactor import preprocessors
-from spactor import train as trainer
+from spactor import cli, input_pipeline, trainer
 from spactor import vocab as vocab_lib
 from ssr import params as params_lib
 from ssr import records
-from ssr import tasks as ssr_tasks  # registers gin configurables before gin parses; imports tasks.py
+from ssr import tasks as ssr_tasks  # registers gin configurables before gin parses
 from ssr.tasks import spactor_tasks
 
 log = logging.getLogger("ssr.continual")
@@ -260,7 +260,8 @@ def run(config: ContinualConfig) -> dict[str, Any]:
     state, timer, preempted = trainer.train_loop(
         state, stage_at=lambda step: stage, switch=None,
         cadence=trainer.Cadence.of(config),
-        batch_size=config.batch_size, tx=tx, base_rng=base_rng, train_iter=train_iter,
+        batch_size=config.batch_size, tx=tx, base_rng=base_rng,
+        next_batch=input_pipeline.batch_reader(train_iter, batch_sharding), data_iterator=train_iter,
         batch_sharding=batch_sharding, manager=manager, writer=writer,
         evaluate=lambda stage, params: evaluate(eval_data, module, params, batch_sharding, eval_rng),
         log_extra=lambda stage, step: {"stage": stage.name}, eval_first=restored is None)
@@ -293,22 +294,7 @@ def write_summary(config: ContinualConfig, metrics_path: str, timer, preempted: 
 
 
 def main(argv: list[str]) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  files, bindings, search_paths, distributed = trainer.parse_flags(argv)
-  if distributed:
-    jax.distributed.initialize(**distributed)
-  jax.config.update("jax_numpy_rank_promotion", "raise")
-  trainer.parse_gin(files, bindings, search_paths)
-  try:
-    config = ContinualConfig()
-  except (TypeError, ValueError) as e:
-    raise SystemExit(f"error: {e}") from None
-  try:
-    run(config)
-  except trainer.NonFiniteLossError as e:
-    raise SystemExit(f"error: {e}") from None
+  cli.main(argv, ContinualConfig, run, user_errors=(*cli.USER_ERRORS, trainer.NonFiniteLossError), doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def main(argv):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   args = parse_args(argv)
   import gin
-  import tasks as spactor_tasks
+  from spactor import tasks as spactor_tasks
   from spactor import config as config_lib
   from spactor import vocab as vocab_lib
   from ssr import params as params_lib

@@ -17,7 +17,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-import tasks as spactor_tasks
+from spactor import tasks as spactor_tasks
 from spactor import preprocessors
 from ssr import curriculum, formatting, masking
 

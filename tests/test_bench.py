@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench import common, data_pipeline, hybrid_overhead, memory, peer_torch, ssr_generation
-from spactor import config as config_lib, train
+from spactor import config as config_lib, trainer
 
 TINY_VOCAB = '256'  # model vocab rows of the synthetic vocabulary: keeps compiles short
 
@@ -46,8 +46,8 @@ def test_hybrid_overhead_main(tmp_path):
     assert math.isfinite(row[key]) and row[key] > 0, key
   assert row['flops_ratio'] > 1  # stage 1 adds the generator and the RTD head
   with common.preset_scope('tiny'):  # the FLOPs are the trainer's own count
-    stage_defs = train.build_stages(train.TrainConfig(model_dir='x', total_steps=2, tau=1, batch_size=2,
-                                                      inputs_length=16), common.SyntheticVocab(vocab_size=228))
+    config = trainer.TrainConfig(model_dir='x', total_steps=2, tau=1, batch_size=2, inputs_length=16)
+  stage_defs = trainer.build_stages(config, common.vocab_sizes(common.SyntheticVocab(vocab_size=228)))
   assert row['stage1_gflops'] == stage_defs['hybrid'].flops_per_step / 1e9
   assert row['stage2_gflops'] == stage_defs['sc'].flops_per_step / 1e9
   assert json.loads(path.read_text())['rows'][0]['preset'] == row['preset']

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from spactor import config as config_lib, model as model_lib, preprocessors, train
+from spactor import cli, config as config_lib, model as model_lib, preprocessors, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER_GIN = sorted(os.path.relpath(p, REPO) for pattern in ('gin/models/*.gin', 'gin/objectives/*.gin',
@@ -20,7 +20,7 @@ def parse(monkeypatch):
   monkeypatch.chdir(REPO)
 
   def _parse(files, bindings=()):
-    train.parse_gin(files, list(bindings), [])
+    cli.parse_gin(files, list(bindings), [])
   yield _parse
   gin.clear_config()
 
@@ -63,7 +63,7 @@ def test_command_line_knobs_reach_the_preprocessors_and_the_loss(parse):
   config = train.TrainConfig()
   assert (config.lambda1, config.tau) == (50.0, 7)
   assert gin.get_bindings(preprocessors.mlm_mask)['mlm_ratio'] == 0.25
-  assert train.max_mlm_positions(128) == 33
+  assert config.max_mlm_positions == 33 and config.mlm_ratio == 0.25 and config.noise_density == 0.3
   assert preprocessors.targets_length_for(128) == preprocessors.random_spans_helper(128, 0.3, 3.0)[1]
 
 

@@ -3,7 +3,7 @@ import gin
 import pytest
 
 from spactor import config as config_lib
-from spactor import train
+from spactor import cli, train
 from ssr import continual
 
 REQUIRED = ['MODEL_DIR = "/tmp/unused"', 'INIT_CHECKPOINT = "/tmp/start"', 'DATA_DIR = "/tmp/data"']
@@ -14,7 +14,7 @@ def parse(monkeypatch):
   monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
 
   def _parse(files, bindings=()):
-    train.parse_gin(files, [*REQUIRED, *bindings], [])
+    cli.parse_gin(files, [*REQUIRED, *bindings], [])
     return continual.ContinualConfig()
   yield _parse
   gin.clear_config()
@@ -47,7 +47,7 @@ def test_curriculum_knobs(parse):
 def _demo_pretraining(gin_file):
   """(TrainConfig, T5Config) of one of the demo's pre-training gin files."""
   try:
-    train.parse_gin([gin_file], ['MODEL_DIR = "/tmp/unused"'], [])
+    cli.parse_gin([gin_file], ['MODEL_DIR = "/tmp/unused"'], [])
     return train.TrainConfig(), config_lib.preset().t5
   finally:
     gin.clear_config()

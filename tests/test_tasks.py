@@ -10,7 +10,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-import tasks
+from spactor import tasks
 from spactor import feature_converters
 from spactor import vocab as vocab_lib
 
