@@ -94,3 +94,54 @@ def test_projecting_only_mask_positions_gives_the_same_generator_loss(setup):
   np.testing.assert_allclose(gathered['gen_loss_sum'], full['gen_loss_sum'], rtol=1e-5)
   assert gathered['gen_count'] == full['gen_count'] == 6
   assert gathered['replaced_count'] == 6
+
+
+class _InputSpy:
+  """Wraps a module, recording the token ids each named method is applied to (its first positional argument)."""
+
+  def __init__(self, module):
+    self.module, self.seen = module, {}
+
+  def apply(self, variables, *args, method=None, **kwargs):
+    if method in ('generator_logits', 'encode'):
+      self.seen[method] = np.asarray(args[0])
+    return self.module.apply(variables, *args, method=method, **kwargs)
+
+
+def test_generator_reads_the_masked_input_and_the_discriminator_the_generator_filled_one(setup):
+  """G sees X_c^MLM; D's encoder sees X̂_c: X_c off the [M] positions, G's samples on them (never [M])."""
+  module, params, batch, loss_fn = setup
+  spy = _InputSpy(module)
+  _, metrics = loss_fn(spy, params, batch, jax.random.PRNGKey(5))
+  clean, mlm = np.asarray(batch['encoder_clean_tokens']), np.asarray(batch['encoder_mlm_mask']).astype(bool)
+  np.testing.assert_array_equal(spy.seen['generator_logits'], batch['encoder_input_tokens'])  # X_c^MLM, not X_c
+  filled = spy.seen['encode']
+  np.testing.assert_array_equal(filled[~mlm], clean[~mlm])
+  assert (filled[mlm] != 60).all()  # no [M] reaches D
+  # An untrained generator over 38 pieces misses most tokens: X̂_c differs from X_c exactly where "replaced".
+  assert int((filled != clean).sum()) == int(metrics['replaced_sum']) > 0
+
+
+def test_paper_normalization_weighs_per_token_rtd_and_sc_by_lambda(setup):
+  """example_sum: each term is its sum over positions per example, so λ1 and λ2 weigh per-token sums (Eq. 9)."""
+  module, params, batch, _ = setup
+  loss_fn = functools.partial(stages.hybrid_loss, weights=stages.HybridWeights(2.0, 3.0), z_loss=0.0,
+                              allowed_ids=objectives.allowed_generator_ids(VOCAB, NUM_PIECES),
+                              normalization='example_sum')
+  total, m = loss_fn(module, params, batch, jax.random.PRNGKey(3))
+  rows = batch['encoder_input_tokens'].shape[0]
+  np.testing.assert_allclose(m['gen_term'], m['gen_loss_sum'] / rows, rtol=1e-5)
+  np.testing.assert_allclose(m['rtd_term'], 2.0 * m['rtd_loss_sum'] / rows, rtol=1e-5)
+  np.testing.assert_allclose(m['sc_term'], 3.0 * m['sc_loss_sum'] / rows, rtol=1e-5)
+  np.testing.assert_allclose(total, (m['gen_loss_sum'] + 2 * m['rtd_loss_sum'] + 3 * m['sc_loss_sum']) / rows,
+                             rtol=1e-5)
+
+
+def test_stage_two_loss_is_the_sc_weight_times_l_sc(setup):
+  module, params, batch, _ = setup
+  plain, kept, clean = model_lib.SpacTor(module.config), stages.drop_stage_1_params(params), stages.clean_batch(batch)
+  one, metrics = stages.sc_loss(plain, kept, clean, jax.random.PRNGKey(0), z_loss=0.0, normalization='example_sum')
+  ten, _ = stages.sc_loss(plain, kept, clean, jax.random.PRNGKey(0), z_loss=0.0, normalization='example_sum',
+                          sc_weight=10.0)
+  np.testing.assert_allclose(one, metrics['sc_loss_sum'] / 2, rtol=1e-5)
+  np.testing.assert_allclose(ten, 10 * one, rtol=1e-6)
