@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 
 from spactor import config as config_lib
 from spactor.config import T5Config
+from spactor.errors import UsageError
 
 CONVERTED_META = 'spactor_t5.json'
 CONVERTED_PARAMS = 'params'
@@ -36,7 +37,7 @@ FORMATS = ('converted', 'run', 'hf', 't5x')
 STAGE1_ONLY = ('generator', 'rtd_head')  # top-level keys a stage-1 run has besides the plain T5's
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
   """A checkpoint that cannot be read as the requested model: its message names the file, tensor or field."""
 
 
