@@ -12,6 +12,10 @@ import gin
 
 ACTIVATIONS = ('relu', 'gelu', 'linear')
 DTYPES = ('float32', 'bfloat16')
+# How attention runs (spactor.model.attend): 'plain' is the reference (einsum, softmax, einsum; T5's own);
+# 'dot_product_attention' is jax.nn.dot_product_attention (cuDNN flash attention on a GPU with bf16 activations,
+# XLA's otherwise); 'tpu_flash' is the Pallas TPU flash-attention kernel (on TPU only).
+ATTENTION_IMPLS = ('plain', 'dot_product_attention', 'tpu_flash')
 VERSIONS = ('t5_1_0', 't5_1_1')
 T5_VOCAB_SIZE = 32128  # 32000 pieces + 100 extra ids, rounded up to a multiple of 128 (as t5x)
 
@@ -46,6 +50,7 @@ class T5Config:
   relative_attention_max_distance: int = 128
   dtype: str = 'float32'  # activation dtype; parameters are always float32
   float32_attention_logits: bool = False
+  attention_impl: str = 'plain'  # one of ATTENTION_IMPLS; every one gives the same function of the params
 
   def __post_init__(self):
     # Gin and JSON hand lists over; a tuple keeps the config hashable (a Flax module attribute).
@@ -59,6 +64,8 @@ class T5Config:
       raise ValueError(f'T5Config.mlp_activations must be non-empty, from {ACTIVATIONS}; got {self.mlp_activations}')
     if self.dtype not in DTYPES:
       raise ValueError(f'T5Config.dtype must be one of {DTYPES}, got {self.dtype!r}')
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f'T5Config.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}')
     if self.relative_attention_num_buckets < 4:
@@ -144,7 +151,8 @@ def _check_name(kind: str, name: str, known) -> None:
 
 @gin.configurable(module='spactor.config')
 def preset(size: str = 'tiny', version: str = 't5_1_0', vocab_size: int = T5_VOCAB_SIZE, dtype: str = 'float32',
-           dropout_rate: float = 0.0, tied_generator_output: bool = False) -> SpacTorConfigs:
+           dropout_rate: float = 0.0, tied_generator_output: bool = False,
+           attention_impl: str = 'plain') -> SpacTorConfigs:
   """The configs of a preset size ('micro', 'tiny', 'small', 'base', 'large') and T5 version ('t5_1_0', 't5_1_1').
 
   dropout_rate defaults to 0.0 as in T5 pre-training; fine-tuning usually sets 0.1.
@@ -154,7 +162,7 @@ def preset(size: str = 'tiny', version: str = 't5_1_0', vocab_size: int = T5_VOC
   emb, heads, head_dim, mlp, enc_layers, dec_layers = DISCRIMINATOR_SHAPES[version][size]
   t5 = T5Config(vocab_size=vocab_size, emb_dim=emb, num_heads=heads, head_dim=head_dim, mlp_dim=mlp,
                 num_encoder_layers=enc_layers, num_decoder_layers=dec_layers, dropout_rate=dropout_rate,
-                dtype=dtype, **VERSION_STYLE[version])
+                dtype=dtype, attention_impl=attention_impl, **VERSION_STYLE[version])
   gen_layers, gen_mlp = GENERATOR_SHAPES[size]
   generator = GeneratorConfig(num_layers=gen_layers, mlp_dim=gen_mlp, tied_output=tied_generator_output)
   return SpacTorConfigs(t5, generator, RTDHeadConfig(mlp_dim=mlp))

@@ -19,9 +19,10 @@ import dataclasses
 import functools
 import math
 import operator
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
+from flax import struct
 from flax.linen import partitioning as nn_partitioning
 import jax
 from jax import lax
@@ -91,6 +92,147 @@ def cross_mask(target_tokens: Array, input_tokens: Array, target_segment_ids: Op
 
 def mask_to_bias(mask: Array, dtype) -> Array:
   return jnp.where(mask, 0.0, NEG_INF).astype(dtype)
+
+
+@struct.dataclass
+class AttentionMask:
+  """Who attends to whom, in each form an attention implementation takes.
+
+  `mask` (bool [batch|1, 1, q, k]) is the whole truth; the plain path adds it as a bias. Fused kernels read
+  cheaper forms of the same mask: for rows that are not packed, the number of valid leading positions per row
+  (`q_lengths`, `kv_lengths`: int32 [batch], at least 1) and a causal flag (cuDNN's padding and causal masks);
+  `q_segments`/`kv_segments` (int32 [batch, q|k], 0 at padding; the TPU kernel). These forms agree with `mask`
+  on every query that is not padding when padding sits only at the end of a row, as seqio's feature converters
+  write it; queries at padding positions may differ (nothing valid reads them, so the loss and its gradients
+  are the same).
+  """
+  mask: Array
+  q_segments: Optional[Array] = None
+  kv_segments: Optional[Array] = None
+  q_lengths: Optional[Array] = None
+  kv_lengths: Optional[Array] = None
+  causal: bool = struct.field(pytree_node=False, default=False)
+
+
+def _lengths(valid: Array) -> Array:
+  """[batch] valid positions per row; at least 1, so no kernel sees a row without a key (NaN-free)."""
+  return jnp.maximum(jnp.sum(valid, axis=-1, dtype=jnp.int32), 1)
+
+
+def _segments(valid: Array, segment_ids: Optional[Array]) -> Array:
+  ids = jnp.ones(valid.shape, jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  return jnp.where(valid, ids, 0)
+
+
+def encoder_attention_mask(tokens: Array, segment_ids: Optional[Array] = None) -> AttentionMask:
+  valid, segments = tokens > 0, _segments(tokens > 0, segment_ids)
+  lengths = _lengths(valid) if segment_ids is None else None
+  return AttentionMask(encoder_self_mask(tokens, segment_ids), segments, segments, lengths, lengths)
+
+
+def decoder_attention_mask(target_tokens: Array, segment_ids: Optional[Array] = None) -> AttentionMask:
+  valid, segments = target_tokens > 0, _segments(target_tokens > 0, segment_ids)
+  lengths = _lengths(valid) if segment_ids is None else None
+  return AttentionMask(decoder_self_mask(target_tokens, segment_ids), segments, segments, lengths, lengths,
+                       causal=True)
+
+
+def cross_attention_mask(target_tokens: Array, input_tokens: Array, target_segment_ids: Optional[Array] = None,
+                         input_segment_ids: Optional[Array] = None) -> AttentionMask:
+  packed = input_segment_ids is not None
+  q_segments = _segments(target_tokens > 0, target_segment_ids if packed else None)
+  kv_segments = _segments(input_tokens > 0, input_segment_ids)
+  return AttentionMask(cross_mask(target_tokens, input_tokens, target_segment_ids, input_segment_ids),
+                       q_segments, kv_segments, None if packed else _lengths(target_tokens > 0),
+                       None if packed else _lengths(input_tokens > 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention implementations: softmax(q k^T + bias + mask) v, without T5's (folded-in) 1/sqrt(head_dim).
+# ---------------------------------------------------------------------------------------------------------------
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _pad_axis(x: Array, axis: int, size: int, value=0) -> Array:
+  """x padded with `value` at the end of `axis` to `size`."""
+  if x.shape[axis] == size:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths, constant_values=value)
+
+
+def plain_attention(query: Array, key: Array, value: Array, bias: Optional[Array], mask: AttentionMask, dtype,
+                    float32_logits: bool = False, dropout_fn: Optional[Callable[[Array], Array]] = None) -> Array:
+  """The reference: [b, q, h, d] queries, [b, k, h, d] keys and values, bias [1|b, h, q, k] -> [b, q, h, d]."""
+  if float32_logits:
+    query, key = query.astype(jnp.float32), key.astype(jnp.float32)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  for additive in (bias, mask_to_bias(mask.mask, dtype)):
+    if additive is not None:
+      logits = logits + additive.astype(logits.dtype)
+  weights = jax.nn.softmax(logits).astype(dtype)
+  if dropout_fn is not None:
+    weights = dropout_fn(weights)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+def dot_product_attention_backend(dtype, head_dim: int) -> str:
+  """jax.nn.dot_product_attention's `implementation`: 'cudnn' (flash attention) where jax runs on a GPU and
+  cuDNN takes these shapes (bf16/fp16, head_dim a multiple of 8 up to 128), else 'xla' (jax's `None` is 'xla')."""
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  on_gpu = jax.default_backend() == 'gpu'
+  return 'cudnn' if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128 else 'xla'
+
+
+def fused_dot_product_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
+                                mask: AttentionMask, dtype, float32_logits: bool = False,
+                                implementation: Optional[str] = None, length_multiple: Optional[int] = None) -> Array:
+  """plain_attention's function through jax.nn.dot_product_attention (cuDNN flash attention on a GPU).
+
+  The bias goes in the activation dtype (bf16 for cuDNN); an unpacked mask goes as lengths and a causal flag, so
+  the kernel reads no [batch, 1, q, k] tensor. cuDNN's training kernels with a bias need even lengths: queries and
+  keys are padded to `length_multiple` (default 2 for cuDNN), the padded keys masked, the padded queries dropped.
+  """
+  implementation = implementation or dot_product_attention_backend(dtype, query.shape[-1])
+  length_multiple = length_multiple or (2 if implementation == 'cudnn' else 1)
+  q_len, k_len = query.shape[1], key.shape[1]
+  q_pad, k_pad = _round_up(q_len, length_multiple), _round_up(k_len, length_multiple)
+  compute_dtype = jnp.float32 if float32_logits and implementation == 'xla' else dtype
+  query, key, value = (_pad_axis(x.astype(compute_dtype), 1, size) for x, size in
+                       ((query, q_pad), (key, k_pad), (value, k_pad)))
+  if bias is not None:
+    bias = _pad_axis(_pad_axis(bias.astype(compute_dtype), 2, q_pad), 3, k_pad)
+  if mask.q_lengths is not None:
+    masking = dict(query_seq_lengths=mask.q_lengths, key_value_seq_lengths=mask.kv_lengths, is_causal=mask.causal)
+  else:
+    masking = dict(mask=_pad_axis(_pad_axis(mask.mask, 2, q_pad, False), 3, k_pad, False))
+  out = jax.nn.dot_product_attention(query, key, value, bias, scale=1.0, implementation=implementation, **masking)
+  return out[:, :q_len].astype(dtype)
+
+
+TPU_FLASH_BLOCK = 128  # the Pallas kernel's default block along both lengths
+
+
+def tpu_flash_attention(query: Array, key: Array, value: Array, bias: Optional[Array], mask: AttentionMask,
+                        dtype) -> Array:
+  """plain_attention's function through the Pallas TPU flash-attention kernel, which takes a full bias `ab`.
+
+  The kernel wants [batch, heads, length, head_dim], lengths in whole blocks (padded here: padded keys get segment
+  0, which no valid query has) and the bias for every row: the relative-position bias is broadcast over the batch.
+  """
+  from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # TPU-only kernel: import late
+  batch, q_len, heads, _ = query.shape
+  q_pad, k_pad = _round_up(q_len, TPU_FLASH_BLOCK), _round_up(key.shape[1], TPU_FLASH_BLOCK)
+  to_heads_major = lambda x, size: jnp.swapaxes(_pad_axis(x.astype(dtype), 1, size), 1, 2)
+  query, key, value = to_heads_major(query, q_pad), to_heads_major(key, k_pad), to_heads_major(value, k_pad)
+  if bias is not None:
+    bias = jnp.broadcast_to(_pad_axis(_pad_axis(bias.astype(dtype), 2, q_pad), 3, k_pad),
+                            (batch, heads, q_pad, k_pad))
+  segments = pallas_flash.SegmentIds(q=_pad_axis(mask.q_segments, 1, q_pad), kv=_pad_axis(mask.kv_segments, 1, k_pad))
+  out = pallas_flash.flash_attention(query, key, value, bias, segments, causal=mask.causal, sm_scale=1.0)
+  return jnp.swapaxes(out, 1, 2)[:, :q_len].astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,9 +364,12 @@ class Embed(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-  """Multi-head dot-product attention with additive biases; `decode=True` keeps a key/value cache.
+  """Multi-head dot-product attention with an additive bias and a mask; `decode=True` keeps a key/value cache.
 
   As in T5 the logits are not divided by sqrt(head_dim): that factor is folded into the query initializer.
+  `impl` (T5Config.attention_impl) picks the implementation; attention-weight dropout (training with
+  dropout_rate > 0) and one-position decoding steps always run the plain one (no kernel here takes a dropout of
+  the weights; a [1 x length] row has nothing to fuse).
   Cache: 'cached_key' and 'cached_value' [batch, kv_length, heads, head_dim]. The call that creates them (no
   `decode_index`) runs plain attention. Later calls pass `decode_index` and one query position. Self-attention
   writes that position's key and value at the index; cross-attention (cross=True) projects the encoder output
@@ -235,11 +380,12 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   float32_logits: bool = False
   cross: bool = False
+  impl: str = 'plain'
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, biases: Sequence[Array], *, deterministic: bool,
-               decode: bool = False, decode_index: Optional[Array] = None) -> Array:
+  def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array], mask: AttentionMask, *,
+               deterministic: bool, decode: bool = False, decode_index: Optional[Array] = None) -> Array:
     project = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
                                 kernel_axes=('embed', 'joined_kv'), dtype=self.dtype)
     query_init = lambda *args: attention_kernel_init(*args) / np.sqrt(self.head_dim).astype(np.float32)
@@ -253,19 +399,26 @@ class MultiHeadAttention(nn.Module):
       if decode:
         key, value = self._cached_self_key_value(key, value, decode_index)
 
-    if self.float32_logits:
-      query, key = query.astype(jnp.float32), key.astype(jnp.float32)
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
-    for bias in biases:
-      logits = logits + bias.astype(logits.dtype)
-    weights = jax.nn.softmax(logits).astype(self.dtype)
-    if not deterministic and self.dropout_rate > 0.0:
-      keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
-                                  weights.shape[:2] + (1,) + weights.shape[3:])  # shared across queries
-      weights = weights * (keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype))
-    x = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    x = self._attend(query, key, value, bias, mask, deterministic, stepping=decode_index is not None)
     return DenseGeneral(features=(inputs_q.shape[-1],), kernel_axes=('joined_kv', 'embed'), contract_dims=2,
                         kernel_init=attention_kernel_init, dtype=self.dtype, name='out')(x)
+
+  def _attend(self, query: Array, key: Array, value: Array, bias: Optional[Array], mask: AttentionMask,
+              deterministic: bool, stepping: bool) -> Array:
+    dropout_active = not deterministic and self.dropout_rate > 0.0
+    if self.impl == 'plain' or dropout_active or stepping:
+      return plain_attention(query, key, value, bias, mask, self.dtype, self.float32_logits,
+                             self._weights_dropout if dropout_active else None)
+    if self.impl == 'dot_product_attention':
+      return fused_dot_product_attention(query, key, value, bias, mask, self.dtype, self.float32_logits)
+    if self.impl == 'tpu_flash':
+      return tpu_flash_attention(query, key, value, bias, mask, self.dtype)
+    raise ValueError(f'unknown attention implementation {self.impl!r}')
+
+  def _weights_dropout(self, weights: Array) -> Array:
+    keep = jax.random.bernoulli(self.make_rng('dropout'), 1.0 - self.dropout_rate,
+                                weights.shape[:2] + (1,) + weights.shape[3:])  # shared across queries
+    return weights * (keep.astype(self.dtype) / jnp.asarray(1.0 - self.dropout_rate, self.dtype))
 
   def _cache(self, shape: Tuple[int, ...]):
     return (self.variable('cache', 'cached_key', jnp.zeros, shape, self.dtype),
@@ -316,8 +469,8 @@ class MlpBlock(nn.Module):
 
 def _attention(cfg: T5Config, name: str, cross: bool = False) -> MultiHeadAttention:
   return MultiHeadAttention(num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
-                            float32_logits=cfg.float32_attention_logits, cross=cross, dtype=jnp.dtype(cfg.dtype),
-                            name=name)
+                            float32_logits=cfg.float32_attention_logits, cross=cross, impl=cfg.attention_impl,
+                            dtype=jnp.dtype(cfg.dtype), name=name)
 
 
 def _mlp(cfg: T5Config) -> MlpBlock:
@@ -339,10 +492,11 @@ class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, biases: Sequence[Array], deterministic: bool) -> Array:
+  def __call__(self, x: Array, relpos_bias: Array, mask: AttentionMask, deterministic: bool) -> Array:
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
     y = LayerNorm(dtype=dtype, name='pre_attention_layer_norm')(x)
-    x = _residual(x, _attention(cfg, 'attention')(y, y, biases, deterministic=deterministic), cfg, deterministic)
+    y = _attention(cfg, 'attention')(y, y, relpos_bias, mask, deterministic=deterministic)
+    x = _residual(x, y, cfg, deterministic)
     y = LayerNorm(dtype=dtype, name='pre_mlp_layer_norm')(x)
     return _residual(x, _mlp(cfg)(y, deterministic), cfg, deterministic)
 
@@ -351,15 +505,15 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_biases: Sequence[Array], cross_biases: Sequence[Array],
-               deterministic: bool, decode: bool, decode_index: Optional[Array]) -> Array:
+  def __call__(self, x: Array, encoded: Array, relpos_bias: Array, self_mask: AttentionMask,
+               cross_mask: AttentionMask, deterministic: bool, decode: bool, decode_index: Optional[Array]) -> Array:
     cfg, dtype = self.config, jnp.dtype(self.config.dtype)
     y = LayerNorm(dtype=dtype, name='pre_self_attention_layer_norm')(x)
-    y = _attention(cfg, 'self_attention')(y, y, self_biases, deterministic=deterministic, decode=decode,
+    y = _attention(cfg, 'self_attention')(y, y, relpos_bias, self_mask, deterministic=deterministic, decode=decode,
                                           decode_index=decode_index)
     x = _residual(x, y, cfg, deterministic)
     y = LayerNorm(dtype=dtype, name='pre_cross_attention_layer_norm')(x)
-    y = _attention(cfg, 'encoder_decoder_attention', cross=True)(y, encoded, cross_biases,
+    y = _attention(cfg, 'encoder_decoder_attention', cross=True)(y, encoded, None, cross_mask,
                                                                   deterministic=deterministic, decode=decode,
                                                                   decode_index=decode_index)
     x = _residual(x, y, cfg, deterministic)
@@ -373,13 +527,13 @@ class Encoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool) -> Array:
+  def __call__(self, tokens: Array, mask: AttentionMask, deterministic: bool) -> Array:
     cfg = self.config
     length = tokens.shape[-1]
-    biases = (_relpos(cfg)(length, length, bidirectional=True), mask_bias)
+    relpos_bias = _relpos(cfg)(length, length, bidirectional=True)
     x = dropout(self.shared_embedding(tokens), cfg.dropout_rate, deterministic)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, biases, deterministic)
+      x = EncoderLayer(cfg, name=f'layers_{i}')(x, relpos_bias, mask, deterministic)
     x = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='encoder_norm')(x)
     return dropout(x, cfg.dropout_rate, deterministic, broadcast_length=False)
 
@@ -394,8 +548,9 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded: Array, decoder_input_tokens: Array, self_mask_bias: Array, cross_mask_bias: Array,
-               deterministic: bool, decode: bool = False, max_decode_length: Optional[int] = None) -> Array:
+  def __call__(self, encoded: Array, decoder_input_tokens: Array, self_mask: AttentionMask,
+               cross_mask: AttentionMask, deterministic: bool, decode: bool = False,
+               max_decode_length: Optional[int] = None) -> Array:
     cfg = self.config
     relpos = _relpos(cfg)
     stepping = decode and self.has_variable('cache', 'cache_index')
@@ -404,19 +559,18 @@ class Decoder(nn.Module):
       length = self._cache_length(max_decode_length)
       index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       decode_index = index.value
-      step_mask = (jnp.arange(length) <= decode_index)[None, None, None, :]
-      self_biases = (relpos.step(decode_index, length, bidirectional=False),
-                     mask_to_bias(step_mask, jnp.dtype(cfg.dtype)))
+      self_mask = AttentionMask((jnp.arange(length) <= decode_index)[None, None, None, :])
+      relpos_bias = relpos.step(decode_index, length, bidirectional=False)
       index.value = decode_index + 1
     else:
       if decode:
         self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
       length = decoder_input_tokens.shape[-1]
-      self_biases = (relpos(length, length, bidirectional=False), self_mask_bias)
+      relpos_bias = relpos(length, length, bidirectional=False)
 
     y = dropout(self.shared_embedding(decoder_input_tokens), cfg.dropout_rate, deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, self_biases, (cross_mask_bias,), deterministic,
+      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, relpos_bias, self_mask, cross_mask, deterministic,
                                                 decode, decode_index)
     y = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='decoder_norm')(y)
     return dropout(y, cfg.dropout_rate, deterministic)
@@ -445,10 +599,10 @@ class Generator(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, tokens: Array, mask_bias: Array, deterministic: bool,
+  def __call__(self, tokens: Array, mask: AttentionMask, deterministic: bool,
                predict_positions: Optional[Array] = None) -> Array:
     cfg = generator_stack_config(self.config, self.generator)
-    h = Encoder(cfg, self.shared_embedding, name='encoder')(tokens, mask_bias, deterministic)
+    h = Encoder(cfg, self.shared_embedding, name='encoder')(tokens, mask, deterministic)
     if predict_positions is not None:  # project only where a token is predicted: [batch, k, emb]
       h = jnp.take_along_axis(h, predict_positions[..., None], axis=1)
     if self.generator.tied_output:
@@ -510,8 +664,7 @@ class SpacTor(nn.Module):
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, enable_dropout=True):
     """[batch, length] tokens -> [batch, length, emb_dim] encoder output."""
     del encoder_positions
-    mask = encoder_self_mask(encoder_input_tokens, encoder_segment_ids)
-    return self.encoder(encoder_input_tokens, mask_to_bias(mask, jnp.dtype(self.config.dtype)),
+    return self.encoder(encoder_input_tokens, encoder_attention_mask(encoder_input_tokens, encoder_segment_ids),
                         deterministic=not enable_dropout)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
@@ -519,18 +672,17 @@ class SpacTor(nn.Module):
              decode=False, max_decode_length=None):
     """Decoder logits [batch, length, vocab] (float32); decode=True uses the 'cache' collection."""
     del decoder_positions
-    dtype = jnp.dtype(self.config.dtype)
-    if decode:
+    if decode:  # every position is valid: the cache is filled one position at a time
       if encoder_segment_ids is not None:
         raise ValueError('packed inputs (encoder_segment_ids) cannot be used with decode=True')
-      self_mask = causal_mask(decoder_input_tokens.shape[-1])
-      enc_dec_mask = cross_mask(jnp.ones_like(decoder_target_tokens), encoder_input_tokens)
+      self_mask = decoder_attention_mask(jnp.ones_like(decoder_input_tokens))
+      enc_dec_mask = cross_attention_mask(jnp.ones_like(decoder_target_tokens), encoder_input_tokens)
     else:
-      self_mask = decoder_self_mask(decoder_target_tokens, decoder_segment_ids)
-      enc_dec_mask = cross_mask(decoder_target_tokens, encoder_input_tokens, decoder_segment_ids,
-                                encoder_segment_ids)
-    y = self.decoder(encoded, decoder_input_tokens, mask_to_bias(self_mask, dtype), mask_to_bias(enc_dec_mask, dtype),
-                     deterministic=not enable_dropout, decode=decode, max_decode_length=max_decode_length)
+      self_mask = decoder_attention_mask(decoder_target_tokens, decoder_segment_ids)
+      enc_dec_mask = cross_attention_mask(decoder_target_tokens, encoder_input_tokens, decoder_segment_ids,
+                                          encoder_segment_ids)
+    y = self.decoder(encoded, decoder_input_tokens, self_mask, enc_dec_mask, deterministic=not enable_dropout,
+                     decode=decode, max_decode_length=max_decode_length)
     return self._output_logits(y)
 
   def _output_logits(self, y: Array) -> Array:
@@ -560,9 +712,8 @@ class SpacTor(nn.Module):
     del positions
     if self.generator is None:
       raise ValueError('this SpacTor has no generator (generator=None: a plain T5 / stage 2)')
-    mask = encoder_self_mask(tokens, segment_ids)
-    return self.generator_net(tokens, mask_to_bias(mask, jnp.dtype(self.config.dtype)),
-                              deterministic=not enable_dropout, predict_positions=predict_positions)
+    return self.generator_net(tokens, encoder_attention_mask(tokens, segment_ids), deterministic=not enable_dropout,
+                              predict_positions=predict_positions)
 
   def rtd_logits(self, encoded):
     """RTD float32 logits [batch, length] from D's encoder output; sigmoid gives p(token was replaced)."""
