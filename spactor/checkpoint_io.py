@@ -29,7 +29,6 @@ import orbax.checkpoint as ocp
 
 from spactor import config as config_lib
 from spactor.config import T5Config
-from spactor.errors import UsageError
 
 CONVERTED_META = 'spactor_t5.json'
 CONVERTED_PARAMS = 'params'
@@ -37,7 +36,7 @@ FORMATS = ('converted', 'run', 'hf', 't5x')
 STAGE1_ONLY = ('generator', 'rtd_head')  # top-level keys a stage-1 run has besides the plain T5's
 
 
-class CheckpointError(UsageError):
+class CheckpointError(ValueError):
   """A checkpoint that cannot be read as the requested model: its message names the file, tensor or field."""
 
 
@@ -308,3 +307,19 @@ def load_params(path: str, config: Optional[T5Config] = None, step: Optional[int
   if config is not None:
     check_same_architecture(found, config, f'checkpoint {path} ({fmt})', 'the configured model')
   return Loaded(unflatten(flat), found, fmt, step)
+
+
+def replace_t5_params(params, loaded: Mapping):
+  """`params` (a plain T5's or a stage-1 tree, jax arrays) with its plain T5 part taken from `loaded` (numpy).
+
+  Each loaded array is placed in the sharding of the array it replaces; the generator and RTD head of a stage-1
+  tree are kept (a public T5 has none: they start from their initialization).
+  """
+  flat_loaded = flatten(loaded)
+  flat = flatten(params)
+  plain = {k for k in flat if k.split('/')[0] not in STAGE1_ONLY}
+  check_tensors({k: v.shape for k, v in flat_loaded.items()}, {k: tuple(flat[k].shape) for k in plain},
+                'the loaded checkpoint', 'the model being trained')
+  placed = {k: (jax.device_put(flat_loaded[k].astype(flat[k].dtype), flat[k].sharding) if k in plain else flat[k])
+            for k in flat}
+  return unflatten(placed)

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from spactor import checkpointing, cli, input_pipeline, metrics_io, partitioning, tasks
+from spactor import checkpoint_io, checkpointing, cli, input_pipeline, metrics_io, partitioning, tasks
 from spactor import vocab as vocab_lib
 from spactor.trainer import (Cadence, NonFiniteLossError, Stage, TrainConfig, VocabSizes, abstract_state,  # noqa: F401
                              batch_shapes, build_stages, compile_eval_step, cumulative_flops, init_state,
@@ -27,6 +27,15 @@ log = logging.getLogger('spactor.train')
 
 def vocab_sizes(vocab) -> VocabSizes:
   return VocabSizes(model=vocab_lib.model_vocab_size(vocab), pieces=vocab.vocab_size - vocab.extra_ids)
+
+
+def init_from_checkpoint(state, config: TrainConfig, t5, tx):
+  """A new run's state with D and the shared embedder from config.init_checkpoint; fresh optimizer state."""
+  loaded = checkpoint_io.load_params(config.init_checkpoint, t5, config.init_checkpoint_step)
+  log.info('D and the embedder start from %s (%s%s)', config.init_checkpoint, loaded.format,
+           '' if loaded.step is None else f' step {loaded.step}')
+  params = checkpoint_io.replace_t5_params(state.params, loaded.params)
+  return state.replace(params=params, opt_state=jax.jit(tx.init)(params))
 
 
 def run(config: TrainConfig) -> dict[str, Any]:
@@ -64,6 +73,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
   elif config.stage_at(0) == 'sc':
     state = sc_template
   del sc_template
+  if restored is None and config.init_checkpoint:
+    with partitioning.logical_context(mesh):
+      state = init_from_checkpoint(state, config, stage_defs['sc'].module.config, tx)
 
   eval_steps = {}
   eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
@@ -84,7 +96,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     log.info('step %d: switched to span corruption; generator and RTD head dropped', int(state.step))
     return switch_to_sc(state, tx)
 
-  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
+  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step) if restored is not None else None)
   with partitioning.logical_context(mesh):
     state, timer, preempted = train_loop(
         state, stage_at=lambda s: stage_defs[config.stage_at(s)], switch=switch, cadence=Cadence.of(config),

@@ -40,6 +40,10 @@ class TrainConfig:
   vocab_size is replaced by the corpus vocabulary's model size at run time.
   mlm_ratio, noise_density, mean_noise_span_length: bound from the same gin macros as the preprocessors
   (MLM_RATIO, NOISE_DENSITY, MEAN_NOISE_SPAN_LENGTH); they fix the array shapes of a step.
+  init_checkpoint: start D and the shared embedder from this checkpoint instead of random weights (a directory
+  of `python -m spactor.convert`, a Hugging Face or t5x T5, or another run's model_dir; spactor.checkpoint_io); it
+  must have the architecture of `model`. The generator, RTD head, optimizer state and step start fresh. Only a
+  new run reads it: a restart continues from its own newest checkpoint.
   """
   model_dir: str
   total_steps: int
@@ -65,6 +69,8 @@ class TrainConfig:
   num_partitions: int = 1  # model-parallel ways; the rest of the devices are data-parallel
   data_shards: Optional[int] = None  # None: one per process; set it to keep the data order across host counts
   plot: bool = True
+  init_checkpoint: Optional[str] = None  # see the docstring; None: random initialization
+  init_checkpoint_step: Optional[int] = None  # a step of init_checkpoint (a run or t5x model_dir); None: newest
 
   def __post_init__(self):
     config_lib.require_positive_fields(self, 'total_steps', 'batch_size', 'inputs_length', 'log_every',

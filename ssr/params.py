@@ -1,4 +1,4 @@
-"""Plain T5 params out of a checkpoint of this project (an SC run, or either stage of a SpacTor run).
+"""Plain T5 params out of a checkpoint of this project (an SC run, or either stage of a SpacTor run) or a public T5.
 
 spactor.checkpointing saves the whole TrainState (step, params, optimizer state) under
 <model_dir>/checkpoints/<step>/state. SSR needs only the T5 weights: the generator for imperfect-span generation
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from spactor import checkpoint_io
 from spactor import model as model_lib
 
 
@@ -33,7 +34,15 @@ def checkpoint_steps(model_dir: str) -> list[int]:
 
 
 def restore_t5_params(model_dir: str, module: model_lib.SpacTor, step: Optional[int] = None):
-  """(params as numpy arrays, step) of the newest (or the given) checkpoint step in `model_dir`."""
+  """(params as numpy arrays, step) of the newest (or the given) checkpoint step in `model_dir`.
+
+  `model_dir` may also be any other checkpoint spactor.checkpoint_io reads: a directory written by
+  `python -m spactor.convert`, a Hugging Face T5 or a t5x checkpoint (a public T5, for example); its step is then
+  the t5x step or None.
+  """
+  if os.path.isdir(model_dir) and not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+    loaded = checkpoint_io.load_params(model_dir, module.config, step)
+    return loaded.params, loaded.step
   steps = checkpoint_steps(model_dir)
   if not steps:
     raise FileNotFoundError(f"no checkpoints under {os.path.join(model_dir, 'checkpoints')}: train a model first "
