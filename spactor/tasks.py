@@ -25,6 +25,8 @@ import seqio
 from spactor import corpus as corpus_lib
 from spactor import preprocessors
 from spactor import vocab as vocab_lib
+from spactor.downstream import metrics as metrics_lib
+from spactor.downstream import postprocessors as postprocessors_lib
 
 CORPORA = ('sotu', 'c4')
 C4_TFDS_NAME = 'c4/en:3.1.0'
@@ -81,12 +83,18 @@ def source(corpus: str) -> seqio.DataSource:
   return seqio.TfdsDataSource(tfds_name=C4_TFDS_NAME)
 
 
+# Validation metrics (t5x.eval, seqio.Evaluator): exact span-corruption targets from greedy decoding, and the
+# per-token loss from t5x's scores (summed target log-likelihoods; targets carry their token counts).
+METRIC_FNS = (metrics_lib.target_sequence_accuracy, metrics_lib.target_loss)
+
+
 def register(name: str, data_source: seqio.DataSource, vocab: seqio.Vocabulary, hybrid: bool) -> seqio.Task:
   """Adds the task, replacing an earlier registration of the same name (re-import, reload)."""
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(name, source=data_source, output_features=output_features(vocab, hybrid),
-                                preprocessors=task_preprocessors(hybrid), metric_fns=[])
+                                preprocessors=task_preprocessors(hybrid),
+                                postprocess_fn=postprocessors_lib.text_with_num_tokens, metric_fns=METRIC_FNS)
 
 
 def register_all() -> None:
