@@ -32,6 +32,7 @@ from spactor import model as model_lib
 from spactor import preprocessors
 from spactor import cli, input_pipeline, trainer
 from spactor import vocab as vocab_lib
+from ssr import curriculum as curriculum_lib
 from ssr import params as params_lib
 from ssr import records
 from ssr import tasks as ssr_tasks  # registers gin configurables before gin parses
@@ -39,7 +40,7 @@ from ssr.tasks import spactor_tasks
 
 log = logging.getLogger("ssr.continual")
 
-OBJECTIVES = ("ssr", "sc")
+OBJECTIVES = ("ssr", "sc", "distill")  # distill: DistilT5, infilling with the generator's fills as targets
 
 
 @gin.configurable(module="ssr.continual")
@@ -54,7 +55,8 @@ class ContinualConfig:
   corpus: str = "sotu"
   curriculum: str = "loss_length"  # ssr.curriculum.MODES
   num_groups: int = 5
-  group_epochs: int = 1  # repeats of each group before the next; make one pass of the curriculum span the run
+  curriculum_switch: float = 0.5  # ours: each switch window, as a fraction of the smaller neighbouring share
+  curriculum_on_repeat: str = "warn"  # when the data cannot fill the run without repeats: 'warn' or 'stop'
   curriculum_shuffle_buffer: int = 10_000
   total_steps: int = 100_000
   batch_size: int = 512
@@ -77,8 +79,8 @@ class ContinualConfig:
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
       raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-    if self.objective == "ssr" and not self.data_dir:
-      raise ValueError("the SSR objective needs DATA_DIR (the output of python -m ssr.generate)")
+    if self.objective in ("ssr", "distill") and not self.data_dir:
+      raise ValueError(f"the {self.objective} objective needs DATA_DIR (the output of python -m ssr.generate)")
     if not self.model_dir or not self.init_checkpoint:
       raise ValueError("MODEL_DIR and INIT_CHECKPOINT must be set")
     if os.path.abspath(self.model_dir) == os.path.abspath(self.init_checkpoint):
@@ -87,7 +89,10 @@ class ContinualConfig:
       raise ValueError(f"ssr_targets_length must be positive, got {self.ssr_targets_length}")
     config_lib.require_positive_fields(self, "total_steps", "batch_size", "inputs_length", "log_every",
                                        "eval_every", "checkpoint_every", "keep_checkpoints", "num_groups",
-                                       "group_epochs", "num_partitions")
+                                       "num_partitions")
+    if not 0.0 <= self.curriculum_switch <= 1.0 or self.curriculum_on_repeat not in curriculum_lib.ON_REPEAT:
+      raise ValueError(f"curriculum_switch must be in [0, 1] and curriculum_on_repeat one of "
+                       f"{curriculum_lib.ON_REPEAT}, got {self.curriculum_switch}, {self.curriculum_on_repeat!r}")
     if self.decay not in ("linear", "constant") or self.optimizer not in ("adamw", "adafactor"):
       raise ValueError(f"decay must be linear/constant and optimizer adamw/adafactor, got {self.decay!r}, "
                        f"{self.optimizer!r}")
@@ -124,17 +129,44 @@ class Objective:
 
 
 def objectives_of(config: ContinualConfig, vocab) -> dict[str, Objective]:
+  """The SC objective, SSR's (when there is SSR data to train or validate on) and DistilT5's when it is trained."""
   out = {"sc": Objective("sc", spactor_tasks.sc_task_name(config.corpus),
                          {"inputs": config.inputs_length,
                           "targets": preprocessors.targets_length_for(config.inputs_length)}, shuffle=True)}
+  examples = config.total_steps * config.batch_size  # what the run reads: the curriculum spans exactly this
   if config.data_dir and (config.objective == "ssr" or records.list_shards(config.data_dir, "validation")):
-    task = ssr_tasks.register_rewrite_task(config.data_dir, vocab, config.curriculum, config.num_groups,
-                                           config.group_epochs, config.curriculum_shuffle_buffer)
+    if config.objective == "ssr":  # warns, or stops, before anything is compiled
+      curriculum_lib.run_plan(config.data_dir, "train", config.curriculum, config.num_groups, examples,
+                              config.curriculum_switch, config.curriculum_on_repeat)
+    task = ssr_tasks.register_rewrite_task(
+        config.data_dir, vocab, config.curriculum, config.num_groups, examples=examples,
+        switch=config.curriculum_switch, on_repeat=config.curriculum_on_repeat,
+        shuffle_buffer=config.curriculum_shuffle_buffer)
     targets = ssr_targets_length(config.data_dir, config.inputs_length)  # also checks the inputs length
     lengths = {"inputs": config.inputs_length, "targets": config.ssr_targets_length or targets}
     # The curriculum orders the data: SeqIO must not shuffle it.
     out["ssr"] = Objective("ssr", task, lengths, shuffle=False)
+  if config.objective == "distill":
+    curriculum_lib.run_plan(config.data_dir, "train", "none", 1, examples, on_repeat=config.curriculum_on_repeat)
+    task = ssr_tasks.register_distill_task(config.data_dir, vocab, examples, config.curriculum_on_repeat,
+                                           config.curriculum_shuffle_buffer)
+    lengths = {"inputs": config.inputs_length, "targets": distill_targets_length(config.data_dir,
+                                                                                 config.inputs_length)}
+    out["distill"] = Objective("distill", task, lengths, shuffle=False)
   return out
+
+
+def distill_targets_length(data_dir: str, inputs_length: int) -> int:
+  """The longest DistilT5 target: the generator's decoder length (sentinels, fills, EOS) for this data."""
+  ssr_targets_length(data_dir, inputs_length)  # checks the inputs length
+  lengths = []
+  for split in ("train", "validation"):
+    path = os.path.join(data_dir, f"generate_config-{split}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        lengths.append(json.load(f)["generate"]["decode_length"])
+  raw = ssr_tasks.raw_length_for(inputs_length)
+  return max(lengths) if lengths else ssr_tasks.decode_length_for(inputs_length, raw)
 
 
 def ssr_targets_length(data_dir: str, inputs_length: int) -> int:
@@ -275,6 +307,7 @@ def write_summary(config: ContinualConfig, metrics_path: str, timer, preempted: 
   train = [r for r in records if "train/loss" in r]
   result = {
       "objective": config.objective, "curriculum": config.curriculum if config.objective == "ssr" else None,
+      "curriculum_switch": config.curriculum_switch if config.objective == "ssr" else None,
       "init_checkpoint": config.init_checkpoint, "total_steps": config.total_steps, "preempted": preempted,
       "train_loss": train[-1]["train/loss"] if train else None,
       "start_eval": {k[5:]: v for k, v in evals[0].items() if k.startswith("eval/")} if evals else {},

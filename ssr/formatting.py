@@ -93,6 +93,22 @@ def strip_output_marker(decoded, markers: SpanMarkers):
   return decoded[1:] if decoded.size and decoded[0] == markers.open(0) else decoded
 
 
+def distill_example(ssr_inputs, markers: SpanMarkers):
+  """DistilT5's example from an SSR input (tf, int): T5 infilling with the generator's fills as the target.
+
+  `<s_i>` is T5 sentinel i-1, so the infilling input is the SSR input without the fills and closing markers, and
+  the target is each `<s_i>` followed by its fill: (`kept <s_1> kept <s_2> ...`, `<s_1> fill_1 <s_2> fill_2 ...`).
+  """
+  opens = tf.range(markers.vocab_size - markers.max_spans, markers.vocab_size, dtype=ssr_inputs.dtype)
+  closes = opens - markers.max_spans
+  is_open = tf.reduce_any(ssr_inputs[:, None] == opens[None, :], axis=1)
+  is_close = tf.reduce_any(ssr_inputs[:, None] == closes[None, :], axis=1)
+  inside = tf.cumsum(tf.cast(is_open, tf.int32)) - tf.cumsum(tf.cast(is_close, tf.int32)) > 0
+  fill = inside & ~is_open
+  return (tf.boolean_mask(ssr_inputs, ~inside & ~is_close | is_open),
+          tf.boolean_mask(ssr_inputs, is_open | fill))
+
+
 def trim_for_markers(features, sequence_length, output_features):
   """Trims `inputs` and `targets` so that, wrapped and with EOS, they fit `sequence_length`.
 

@@ -42,12 +42,15 @@ class GenerateConfig:
   batch_size: int = 64
   sampling: decoding.SamplingConfig = decoding.SamplingConfig()
   max_span_fill: int = 16
+  reserve_per_span: int = 1  # fill tokens of the budget kept for each later span (see ssr.decoding.infill)
   seed: int = 0
 
   def __post_init__(self):
     for name in ("inputs_length", "decode_length", "examples_per_shard", "batch_size", "max_span_fill"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.reserve_per_span < 0:
+      raise ValueError(f"reserve_per_span must be >= 0, got {self.reserve_per_span}")
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -61,8 +64,15 @@ class GenerateStats:
   shards_skipped: int = 0
   decoder_tokens: int = 0  # decoder tokens generated (sentinels, fills, EOS)
   fill_tokens: int = 0
+  spans: int = 0  # spans filled
+  budget_empty_spans: int = 0  # spans the token budget closed empty (plain infilling: keep rare)
+  budget_cut_spans: int = 0  # spans the token budget cut short
   decode_seconds: float = 0.0
   seconds: float = 0.0
+
+  @property
+  def budget_empty_fraction(self) -> float:
+    return self.budget_empty_spans / self.spans if self.spans else 0.0
 
   @property
   def tokens_per_second(self) -> float:
@@ -115,7 +125,8 @@ class Generator:
     self.key = jax.random.PRNGKey(config.seed)
     infill = jax.jit(functools.partial(
         decoding.infill, module, vocab=self.vocab, max_length=config.decode_length,
-        sampling_config=config.sampling, max_span_fill=config.max_span_fill))
+        sampling_config=config.sampling, max_span_fill=config.max_span_fill,
+        reserve_per_span=config.reserve_per_span))
     start = time.perf_counter()
     rows = lambda *shape: jax.ShapeDtypeStruct((config.batch_size,) + shape, jnp.int32, sharding=self.batch_sharding)
     with partitioning.logical_context(self.mesh):
@@ -160,6 +171,9 @@ class Generator:
       stats.decode_seconds += time.perf_counter() - start
       stats.decoder_tokens += int(np.sum(out["tokens"] != decoding.PAD_ID))
       stats.fill_tokens += int(np.sum(out["num_fill_tokens"]))
+      stats.spans += sum(len(ex["span_starts"]) for _, ex in part)
+      stats.budget_empty_spans += int(np.sum(out["budget_empty"]))
+      stats.budget_cut_spans += int(np.sum(out["budget_cut"]))
       for row, (i, ex) in enumerate(part):
         serialized.append(records.encode(self.ssr_record(ex, first_id + i, out, row)))
     return serialized
@@ -173,7 +187,7 @@ class Generator:
       raise AssertionError(f"example {example_id}: SSR input of {len(inputs) + 1} tokens exceeds the budget")
     return {"inputs": inputs, "targets": targets, "id": example_id, "num_spans": n,
             "truth_length": int(np.sum(ex["span_lengths"])), "imperfect_length": int(out["num_fill_tokens"][row]),
-            "generator_loss": float(out["loss"][row])}
+            "generator_loss": float(out["loss"][row]), "sampled_tokens": int(out["num_sampled"][row])}
 
 
 def generate(generator: Generator, examples: Iterable[dict], out_dir: str, split: str, settings: dict,
@@ -244,6 +258,8 @@ def parse_args(argv):
   p.add_argument("--top_k", type=int, default=0)
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--max_span_fill", type=int, default=16)
+  p.add_argument("--reserve_per_span", type=int, default=1,
+                 help="fill tokens of the budget kept for each later span, so the budget rarely leaves one empty")
   p.add_argument("--seed", type=int, default=0, help="sampling seed")
   p.add_argument("--data_seed", type=int, default=0, help="masking seed (SeqIO)")
   return p.parse_args(argv)
@@ -285,7 +301,7 @@ def main(argv):
       decode_length=ssr_tasks.decode_length_for(args.inputs_length, raw_length, args.noise_density),
       examples_per_shard=args.examples_per_shard, batch_size=args.batch_size,
       sampling=decoding.SamplingConfig(top_p=args.top_p, top_k=args.top_k, temperature=args.temperature),
-      max_span_fill=args.max_span_fill, seed=args.seed)
+      max_span_fill=args.max_span_fill, reserve_per_span=args.reserve_per_span, seed=args.seed)
   generator = Generator(module, params, vocab.vocab_size, vocab.extra_ids, config)
   settings = {"checkpoint_dir": os.path.abspath(args.checkpoint_dir), "checkpoint_step": step,
               "corpus": args.corpus, "size": args.size, "version": args.version, "raw_length": raw_length,
@@ -298,7 +314,9 @@ def main(argv):
           f"({stats.shards_skipped} already done, {stats.dropped} too long dropped) -> {args.out_dir}; "
           f"{stats.decoder_tokens} decoder tokens ({stats.fill_tokens} in spans) at "
           f"{stats.tokens_per_second:.0f} tokens/s on {jax.local_device_count()} {jax.default_backend()} "
-          f"device(s); {stats.seconds:.1f}s in all", flush=True)
+          f"device(s); {stats.seconds:.1f}s in all; of {stats.spans} spans the token budget left "
+          f"{stats.budget_empty_spans} empty ({stats.budget_empty_fraction:.2%}) and cut {stats.budget_cut_spans} "
+          f"short", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from spactor import checkpointing
 from spactor import config as config_lib
 from spactor import model as model_lib
 from spactor import vocab as vocab_lib
-from ssr import continual, params as params_lib, records
+from ssr import continual, formatting, params as params_lib, records
 from ssr.tasks import spactor_tasks
 
 
@@ -101,6 +101,30 @@ def test_bad_configs_are_refused(tmp_path):
   with pytest.raises(ValueError, match="--inputs_length=128"):
     continual.ssr_targets_length(str(tmp_path / "d"), 128)
   assert continual.ssr_targets_length(str(tmp_path / "d"), 256) == 56 + 50 + 1  # masked tokens, markers, EOS
+
+
+def test_curriculum_and_distill_data_of_a_run(tmp_path):
+  """The run's SSR data spans its steps x batch (refused when it must repeat and `stop` is asked); DistilT5 reads
+  the generator's fills as infilling targets."""
+  _, vocab = _tiny_t5()
+  markers = formatting.span_markers(vocab)
+  data_dir = str(tmp_path / "data")
+  os.makedirs(data_dir)
+  _write_ssr_data(data_dir, vocab)
+  config = dataclasses.replace(_config("m", "i", data_dir, 100), curriculum_on_repeat="stop")
+  with pytest.raises(ValueError, match="reads 200 SSR examples but the 'train' data holds 40"):
+    continual.objectives_of(config, vocab)
+  ex = {"id": 0, "num_spans": 2, "truth_length": 3, "imperfect_length": 3, "generator_loss": 1.0}
+  inputs, targets = formatting.ssr_example(np.arange(20, 30), [2, 6], [2, 1], [[5, 6], [7]], markers)
+  records.write_shard(records.shard_path(data_dir, "train", 0),
+                      [records.encode({**ex, "inputs": inputs, "targets": targets})])
+  config = dataclasses.replace(_config("m", "i", data_dir, 1), objective="distill", batch_size=1)
+  objective = continual.objectives_of(config, vocab)["distill"]
+  batch = next(continual.make_dataset(config, objective, "train", shuffle=False).as_numpy_iterator())
+  o0, o1 = markers.open(0), markers.open(1)
+  expected_inputs = [20, 21, o0, 24, 25, o1, 27, 28, 29, 1]  # EOS appended
+  np.testing.assert_array_equal(batch["encoder_input_tokens"][0][:10], expected_inputs)
+  np.testing.assert_array_equal(batch["decoder_target_tokens"][0][:6], [o0, 5, 6, o1, 7, 1])
 
 
 def test_t5_params_from_a_spactor_stage_1_checkpoint(tmp_path):

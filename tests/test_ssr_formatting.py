@@ -102,3 +102,16 @@ def test_downstream_long_input_keeps_its_closing_marker():
   np.testing.assert_array_equal(exact["inputs"], [999, 10, 11, 12, 13, 14, 949, 1])
   with pytest.raises(ValueError, match="no room for the SSR markers"):
     _downstream([5], [7], {"inputs": 2, "targets": 5})
+
+
+def test_distill_example_is_t5_infilling_of_the_generators_fills():
+  """DistilT5: the SSR input without fills and closing markers -> `<s_i> fill_i ...` (`<s_i>` is sentinel i-1)."""
+  tokens = np.arange(10, 20)
+  fills = [[7], [8, 8], []]
+  ssr_inputs, _ = formatting.ssr_example(tokens, [1, 5, 8], [2, 0, 1], fills, MARKERS)
+  inputs, targets = formatting.distill_example(tf.constant(ssr_inputs), MARKERS)
+  np.testing.assert_array_equal(inputs, [10, 999, 13, 14, 998, 15, 16, 17, 997, 19])
+  np.testing.assert_array_equal(targets, [999, 7, 998, 8, 8, 997])
+  from ssr import masking  # the input is the generator's own: T5 infilling with sentinels
+  generator_inputs = masking.replace_spans(tf.constant(tokens), [1, 5, 8], [2, 0, 1], masking.sentinel_ids(1000, 3))
+  np.testing.assert_array_equal(inputs, generator_inputs)

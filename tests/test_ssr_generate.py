@@ -59,6 +59,9 @@ def test_records_rebuild_the_text_and_fit(generator, tmp_path):
   assert (stats.shards_written, stats.examples, stats.dropped) == (3, 14, 0)
   assert stats.decoder_tokens > 0 and stats.tokens_per_second > 0
   out = _parsed(str(tmp_path))
+  assert stats.spans == sum(int(o["num_spans"]) for o in out)
+  # The reserve keeps the budget from starving the last spans: here every example can give each span a token.
+  assert stats.budget_empty_spans == 0 and stats.budget_empty_fraction == 0.0
   sources = list(masked_examples())
   assert [int(o["id"]) for o in out] == list(range(14))
   for o, ex in zip(out, sources):
@@ -78,7 +81,9 @@ def test_records_rebuild_the_text_and_fit(generator, tmp_path):
     assert all(len(f) <= GEN_CONFIG.max_span_fill and all(2 <= t < 140 for t in f) for f in fills)
     rebuilt, _ = formatting.ssr_example(ex["tokens"], ex["span_starts"], ex["span_lengths"], fills, MARKERS)
     np.testing.assert_array_equal(o["inputs"], rebuilt)
-    assert (o["generator_loss"] > 0) == (o["imperfect_length"] > 0)
+    # The loss sums the sampled tokens: the fills and the structural tokens not forced (at most n of n + 1).
+    assert o["imperfect_length"] <= o["sampled_tokens"] <= o["imperfect_length"] + n
+    assert (o["generator_loss"] > 0) == (o["sampled_tokens"] > 0)
   with open(tmp_path / "generate_config-train.json") as f:
     assert '"test": 1' in f.read()
 

@@ -40,8 +40,13 @@ def test_cpu_override(parse, objective_file, objective):
 
 
 def test_curriculum_knobs(parse):
-  config = parse(["gin/ssr/ssr.gin", "gin/ssr/cpu.gin"], ["CURRICULUM = 'anti'", "GROUP_EPOCHS = 3"])
-  assert (config.curriculum, config.group_epochs) == ("anti", 3)
+  config = parse(["gin/ssr/ssr.gin", "gin/ssr/cpu.gin"], ["CURRICULUM = 'anti'", "CURRICULUM_SWITCH = 0.2"])
+  assert (config.curriculum, config.curriculum_switch, config.curriculum_on_repeat) == ("anti", 0.2, "warn")
+
+
+def test_distill_baseline(parse):
+  config = parse(["gin/ssr/distill_cont.gin", "gin/ssr/cpu.gin"])
+  assert (config.objective, config.batch_size, config.corpus) == ("distill", 16, "sotu")
 
 
 def _demo_pretraining(gin_file):
