@@ -3,10 +3,11 @@
 Importing this module registers:
   ssr_squad_qg   SQuAD question generation on the split of Du et al. (2017) (TFDS squad_question_generation/split_du,
                  the data and text of spactor.downstream.squad's `squad_qg`: answer + passage -> question), scored
-                 with BLEU-4 (spactor.downstream's, sacrebleu, lowercased), METEOR and CIDEr-D (ssr.eval_metrics).
-and `register_gec_task` registers grammatical error correction over M2 files (no GEC data ships offline): the
-input is the source sentence, the target the first annotator's correction, and the metric M^2 P/R/F_0.5 against
-every annotator's gold edits (ssr.maxmatch).
+                 with BLEU-4 (spactor.downstream's, sacrebleu, lowercased), METEOR and CIDEr-D (ssr.eval_metrics);
+  ssr_gec        grammatical error correction over M2 files named by gin (`ssr.eval_tasks.gec_m2_files`; no GEC
+                 data ships offline): the input is the source sentence, the target the first annotator's
+                 correction, the metric M^2 P/R/F_0.5 against every annotator's gold edits (ssr.maxmatch).
+`register_gec_task` registers the same over files given in Python.
 
 Decoded predictions begin with the text of `<s_1>` (T5's `<extra_id_0>`); the postprocessor removes it. Fine-tune
 and evaluate with `python -m spactor.finetune` (gin/ssr/finetune_squad_qg.gin; docs/ssr.md).
@@ -14,6 +15,7 @@ and evaluate with `python -m spactor.finetune` (gin/ssr/finetune_squad_qg.gin; d
 import functools
 from typing import Mapping, Optional
 
+import gin
 import seqio
 import tensorflow as tf
 
@@ -21,6 +23,8 @@ from spactor.downstream import common, squad
 from ssr import eval_metrics, formatting, maxmatch
 
 QG_NAME = "ssr_squad_qg"
+GEC_NAME = "ssr_gec"
+GEC_SPLITS = ("train", "validation", "test")
 OUTPUT_MARKER_TEXT = "<extra_id_0>"  # how a seqio SentencePiece vocabulary decodes `<s_1>` (extra id 0)
 
 
@@ -84,8 +88,20 @@ def gec_examples(m2_text: str) -> list[dict]:
   return examples
 
 
-def _gec_dataset(split, shuffle_files=False, seed=None, *, m2_files):
+@gin.configurable(module="ssr.eval_tasks")
+def gec_m2_files(train: Optional[str] = None, validation: Optional[str] = None, test: Optional[str] = None) -> dict:
+  """The M2 files of the `ssr_gec` task (gin: ssr.eval_tasks.gec_m2_files.train = 'nucle.m2', ...)."""
+  return {"train": train, "validation": validation, "test": test}
+
+
+def _gec_dataset(split, shuffle_files=False, seed=None, *, m2_files=None):
   del shuffle_files, seed
+  m2_files = m2_files if m2_files is not None else gec_m2_files()
+  if not m2_files.get(split):
+    raise ValueError(f"no M2 file for the {split!r} split of the GEC task: bind ssr.eval_tasks.gec_m2_files.{split} "
+                     f"(gin/ssr/finetune_gec.gin)")
+  if not tf.io.gfile.exists(m2_files[split]):
+    raise FileNotFoundError(f"the {split!r} M2 file of the GEC task, {m2_files[split]}, does not exist")
   with tf.io.gfile.GFile(m2_files[split]) as f:
     examples = gec_examples(f.read())
   if not examples:
@@ -110,13 +126,17 @@ def m2_from_blocks(targets, predictions, beta: float = 0.5) -> dict[str, float]:
           "m2_f0.5" if beta == 0.5 else f"m2_f{beta:g}": 100 * result["f"]}
 
 
-def register_gec_task(name: str, m2_files: Mapping[str, str], vocab: Optional[seqio.Vocabulary] = None) -> seqio.Task:
+def register_gec_task(name: str = GEC_NAME, m2_files: Optional[Mapping[str, str]] = None,
+                      vocab: Optional[seqio.Vocabulary] = None) -> seqio.Task:
   """GEC in the SSR format over M2 files, e.g. {'train': 'nucle.m2', 'validation': 'bea_dev.m2', 'test':
-  'conll14st-test.m2'} (tokenized text, as those files are); M^2 F_0.5 as CoNLL-2014 scores it."""
+  'conll14st-test.m2'} (tokenized text, as those files are; None: the gin-bound gec_m2_files, read when the data
+  is); M^2 F_0.5 as CoNLL-2014 scores it."""
   vocab = vocab or common.default_vocabulary()
-  m2_files = dict(m2_files)
-  source = seqio.FunctionDataSource(functools.partial(_gec_dataset, m2_files=m2_files), splits=tuple(m2_files))
+  m2_files = dict(m2_files) if m2_files is not None else None
+  source = seqio.FunctionDataSource(functools.partial(_gec_dataset, m2_files=m2_files),
+                                    splits=tuple(m2_files) if m2_files is not None else GEC_SPLITS)
   return _register(name, source, ssr_steps([]), gec_postprocess, [m2_from_blocks], vocab)
 
 
 register_squad_qg()
+register_gec_task()

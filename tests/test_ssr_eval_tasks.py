@@ -79,3 +79,23 @@ def test_gec_from_m2_files_end_to_end(tmp_path, small_sotu_vocab):
   assert scores == {"m2_precision": 100.0, "m2_recall": 100.0, "m2_f0.5": 100.0}
   half = task.metric_fns[0](targets, ["He goes to the school yesterday .", "I like apples ."])
   assert half == {"m2_precision": 50.0, "m2_recall": 50.0, "m2_f0.5": pytest.approx(50.0)}
+
+
+def test_gec_task_reads_the_gin_bound_files(tmp_path, small_sotu_vocab):
+  import gin
+  path = tmp_path / "dev.m2"
+  path.write_text(M2)
+  task = eval_tasks.register_gec_task(vocab=small_sotu_vocab)
+  try:
+    with pytest.raises(ValueError, match="bind ssr.eval_tasks.gec_m2_files.validation"):
+      task.get_dataset({"inputs": 32, "targets": 32}, split="validation", shuffle=False)
+    gin.bind_parameter("ssr.eval_tasks.gec_m2_files.validation", str(path))
+    gin.bind_parameter("ssr.eval_tasks.gec_m2_files.test", str(tmp_path / "missing.m2"))
+    ds = task.get_dataset({"inputs": 32, "targets": 32}, split="validation", shuffle=False, try_in_mem_cache=False)
+    assert [ex["targets_pretokenized"] for ex in ds.as_numpy_iterator()] == [b"He went to school yesterday .",
+                                                                           b"I like apples ."]
+    with pytest.raises(FileNotFoundError, match="missing.m2"):
+      task.get_dataset({"inputs": 32, "targets": 32}, split="test", shuffle=False)
+  finally:
+    gin.clear_config()
+    eval_tasks.register_gec_task()
