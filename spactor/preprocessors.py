@@ -14,7 +14,7 @@ Randomness is stateless: every draw comes from the per-example seeds of `seqio.m
 so a dataset built with the same seed yields the same examples.
 
 gin: `spactor.preprocessors.span_corruption.noise_density`, `....mean_noise_span_length`,
-`spactor.preprocessors.mlm_mask.mlm_ratio`.
+`spactor.preprocessors.mlm_mask.mlm_ratio`, `....strategy` (MLM_STRATEGY: 'spanbert' picks SpanBERT's spans instead).
 """
 from typing import Mapping, Sequence, Tuple
 
@@ -233,15 +233,24 @@ def mask_tokens(tokens: tf.Tensor, eligible: tf.Tensor, seed: tf.Tensor, mlm_rat
   return tf.where(mask, tf.cast(mask_id, tokens.dtype), tokens), tf.cast(mask, tf.int32)
 
 
+MLM_STRATEGIES = ('random_tokens', 'spanbert')
+
+
 @gin.configurable
 def mlm_mask(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
-             mlm_ratio: float = DEFAULT_MLM_RATIO) -> tf.data.Dataset:
+             mlm_ratio: float = DEFAULT_MLM_RATIO, strategy: str = 'random_tokens') -> tf.data.Dataset:
   """SC example -> inputs = X_c^MLM, inputs_clean = X_c, mlm_mask (int32, 1 at [M]); targets unchanged.
 
-  Run after EOS is appended (EOS is never masked).
+  Run after EOS is appended (EOS is never masked). strategy (gin macro MLM_STRATEGY): 'random_tokens', the
+  paper's uniform tokens (below), or 'spanbert', SpanBERT's whole-word spans (spactor.span_masking).
   """
   if not 0.0 <= mlm_ratio < 1.0:
     raise ValueError(f'mlm_ratio must be in [0, 1), got {mlm_ratio!r}')
+  if strategy not in MLM_STRATEGIES:
+    raise ValueError(f'MLM_STRATEGY must be one of {MLM_STRATEGIES}, got {strategy!r}')
+  if strategy == 'spanbert':
+    from spactor import span_masking  # imports this module: load it only when chosen
+    return span_masking.span_mlm_mask(dataset, output_features, mlm_ratio)
   vocabulary = output_features['inputs'].vocabulary
   mask_id = vocab_lib.mask_id(vocabulary)
 
