@@ -12,7 +12,9 @@ import tensorflow_datasets as tfds
 
 import spactor.downstream as downstream
 from spactor import vocab as vocab_lib
+from spactor.downstream import common
 from spactor.downstream import glue
+from spactor.downstream import rainbow
 from spactor.downstream import superglue
 
 LENGTHS = {'inputs': 256, 'targets': 32}
@@ -146,6 +148,10 @@ def test_text_preprocessors_on_hand_written_examples():
       'label': tf.constant(0, tf.int64), 'idx': {'paragraph': 1, 'question': 2, 'answer': 3}})
   assert _text(multirc['inputs'].numpy()) == 'multirc question: Q? answer: A paragraph: S1 S2'
   assert _text(multirc['targets'].numpy()) == 'False'
-  from spactor.downstream import common
   assert _text(common.pad_punctuation(tf.constant("It's 3.5, ok")).numpy()) == "It ' s 3 . 5 , ok"
   assert _text(common.label_word(tf.constant(-1), ('a', 'b')).numpy()) == '<unk>'
+  piqa = {'goal': tf.constant('Dry a shirt'), 'sol1': tf.constant('hang it'), 'sol2': tf.constant('eat it')}
+  assert _text(rainbow.piqa(dict(piqa, label=tf.constant(0, tf.int64)))['inputs'].numpy()) == (
+      '[physicaliqa]:\n<goal>Dry a shirt</goal>\n<solution0>hang it</solution0>\n<solution1>eat it</solution1>')
+  assert [_text(rainbow.piqa(dict(piqa, label=tf.constant(v, tf.int64)))['targets'].numpy()) for v in (1, -1)] == [
+      '1', '<unk>']

@@ -20,8 +20,7 @@ def default_vocabulary() -> seqio.Vocabulary:
 
 
 def output_features(vocab: seqio.Vocabulary) -> dict:
-  return {'inputs': seqio.Feature(vocab, add_eos=True, required=False),
-          'targets': seqio.Feature(vocab, add_eos=True)}
+  return {'inputs': seqio.Feature(vocab, add_eos=True), 'targets': seqio.Feature(vocab, add_eos=True)}
 
 
 def tfds_source(tfds_name: str, splits: Splits) -> seqio.TfdsDataSource:

@@ -26,7 +26,9 @@ def _render(task: str, fields: list) -> tf.Tensor:
 
 
 def _label(label) -> tf.Tensor:
-  return tf.strings.as_string(tf.cast(label, tf.int64))
+  """The answer's index as text; '<unk>' for -1 (unlabelled test sets), as the GLUE tasks write it."""
+  label = tf.cast(label, tf.int64)
+  return tf.where(label < 0, tf.constant('<unk>'), tf.strings.as_string(label))
 
 
 def piqa(x: dict) -> dict:
