@@ -183,7 +183,8 @@ def test_extra_tensor_is_named(tmp_path):
   d = copy_fixture('hf4_t5_1_0', tmp_path)
   _edit_safetensors(d, lambda t: t.update({'decoder.block.0.layer.2.DenseReluDense.wi_1.weight': np.zeros((24, 16),
                                                                                                       np.float32)}))
-  with pytest.raises(CheckpointError, match=r'unexpected tensor\(s\) decoder\.block\.0\.layer\.2\.DenseReluDense\.wi_1'):
+  with pytest.raises(CheckpointError,
+                     match=r'unexpected tensor\(s\) decoder\.block\.0\.layer\.2\.DenseReluDense\.wi_1'):
     hf_checkpoint.read(d)
 
 
