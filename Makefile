@@ -7,7 +7,7 @@ RUN_DIR ?= runs/demo
 # Compiled XLA programs are kept between runs (a restarted demo, repeated test runs compile nothing again).
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/spactor/jax
 
-.PHONY: demo demo-ssr test env clean
+.PHONY: demo demo-ssr demo-ssr-study test env clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: $(VENV)/.installed
 
 demo-ssr: $(VENV)/.installed
 	$(PY) -m ssr.demo --workdir=runs/demo-ssr
+
+demo-ssr-study: $(VENV)/.installed
+	$(PY) -m ssr.demo --workdir=runs/demo-ssr --generator_study
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 tests
