@@ -134,9 +134,15 @@ def report(title: str, rows: Sequence[dict[str, Any]], facts: dict[str, Any], js
     print(f'- {note}')
   print(f'- machine: {json.dumps(facts, sort_keys=True)}', flush=True)
   if json_path:
-    os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-    with open(json_path, 'w') as f:
-      json.dump({'title': title, 'rows': rows, 'facts': facts, 'notes': list(notes)}, f, indent=2, default=str)
+    write_json(json_path, title, rows, facts, notes)
+
+
+def write_json(path: str, title: str, rows: Sequence[dict[str, Any]], facts: Optional[dict] = None,
+               notes: Sequence[str] = ()) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'title': title, 'rows': list(rows), 'facts': facts or {}, 'notes': list(notes)}, f, indent=2,
+              default=str)
 
 
 def add_common_flags(parser) -> None:
@@ -158,15 +164,28 @@ class SyntheticVocab:
   eos_id: int = 1
   unk_id: int = 2
 
+  @property
+  def model_vocab_size(self) -> int:
+    """Embedding rows, as spactor.vocab.model_vocab_size: vocab_size + 1 ([M]) rounded up to a multiple of 128."""
+    return -(-(self.vocab_size + 1) // 128) * 128
 
-def sotu_or_synthetic_vocab(model_vocab: Optional[int]):
-  """The project's embedded vocabulary (4,000 pieces: model vocab 4224) when model_vocab is None, else a
-  synthetic one whose model vocab is `model_vocab` (a multiple of 128, e.g. 32128 as public T5)."""
+  @property
+  def mask_id(self) -> int:
+    """[M], as spactor.vocab.mask_id: one past the last sentinel."""
+    return self.vocab_size
+
+
+# The sizes of the embedded SentencePiece vocabulary (4,000 pieces + 100 sentinels; model vocab 4224). A step
+# benchmark needs only a vocabulary's sizes (its batches are synthetic), so it never loads the real one: SeqIO and
+# TensorFlow stay out of the process, as on an accelerator image without them.
+EMBEDDED_VOCAB = SyntheticVocab(vocab_size=4100)
+
+
+def sotu_or_synthetic_vocab(model_vocab: Optional[int]) -> SyntheticVocab:
+  """The embedded vocabulary's sizes when model_vocab is None, else a synthetic vocabulary whose model vocab is
+  `model_vocab` (a multiple of 128, e.g. 32128 as public T5)."""
   if model_vocab is None:
-    from spactor import tasks
-    vocab = tasks.vocabulary('sotu')
-    vocab.vocab_size  # loads (and builds once, cached) the SentencePiece model
-    return vocab
+    return EMBEDDED_VOCAB
   if model_vocab % 128:
     raise ValueError(f'model vocab {model_vocab} must be a multiple of 128')
   return SyntheticVocab(vocab_size=model_vocab - 28)
@@ -201,20 +220,20 @@ def synthetic_batch(batch_size: int, inputs_length: int, targets_length: int, vo
           'decoder_loss_weights': (targets > 0).astype(np.int32)}
 
 
-def vocab_sizes(vocab):
-  """The sizes the trainer's stages need of a (real or synthetic) vocabulary."""
-  from spactor import trainer, vocab as vocab_lib
-  return trainer.VocabSizes(model=vocab_lib.model_vocab_size(vocab), pieces=vocab.vocab_size - vocab.extra_ids)
+def vocab_sizes(vocab: SyntheticVocab):
+  """The sizes the trainer's stages need of a synthetic vocabulary."""
+  from spactor import trainer
+  return trainer.VocabSizes(model=vocab.model_vocab_size, pieces=vocab.vocab_size - vocab.extra_ids)
 
 
-def preset_scope(size: str, version: str = 't5_1_0', dtype: str = 'float32'):
+def preset_scope(size: str, version: str = 't5_1_0', dtype: str = 'float32', attention_impl: str = 'plain'):
   """A gin scope in which spactor.config.preset gives this preset, as a run's models/<version>_<size>.gin does.
 
   Scoped bindings leave the process's global gin configuration (and anyone else's bindings) untouched.
   """
   import gin
   with gin.unlock_config():
-    for name, value in (('size', size), ('version', version), ('dtype', dtype)):
+    for name, value in (('size', size), ('version', version), ('dtype', dtype), ('attention_impl', attention_impl)):
       gin.bind_parameter(f'spactor_bench/spactor.config.preset.{name}', value)
   return gin.config_scope('spactor_bench')
 
@@ -265,21 +284,23 @@ def tree_bytes(tree) -> int:
 
 def build_step_benches(size: str, batch_size: int, inputs_length: int, model_vocab: Optional[int] = None,
                        version: str = 't5_1_0', dtype: str = 'float32', stages=('hybrid', 'sc'),
-                       seed: int = 0, init_sc_directly: bool = False) -> dict[str, StepBench]:
+                       seed: int = 0, init_sc_directly: bool = False,
+                       attention_impl: str = 'plain') -> dict[str, StepBench]:
   """Both stages' train steps exactly as spactor.train.run builds them with spactor.trainer (TrainConfig, build_stages,
   make_optimizer, init_state, switch_to_sc, compile_train_step), fed one synthetic batch of the hybrid task's
   model features. The SC stage gets its state by the trainer's own switch at τ, or, with init_sc_directly and
-  stages=('sc',), by init_state of the SC stage (no generator is ever allocated: for memory figures)."""
+  stages=('sc',), by init_state of the SC stage (no generator is ever allocated: for memory figures). Imports
+  nothing of TensorFlow or SeqIO."""
   import jax
-  from spactor import partitioning, trainer as train, vocab as vocab_lib
+  from spactor import partitioning, trainer as train
 
   vocab = sotu_or_synthetic_vocab(model_vocab)
-  with preset_scope(size, version, dtype):
+  with preset_scope(size, version, dtype, attention_impl):
     config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
                                batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', plot=False)
   stage_defs = train.build_stages(config, vocab_sizes(vocab))
   tx = train.make_optimizer(config)
-  host_batch = synthetic_batch(batch_size, inputs_length, config.targets_length, vocab, vocab_lib.mask_id(vocab),
+  host_batch = synthetic_batch(batch_size, inputs_length, config.targets_length, vocab, vocab.mask_id,
                                seed=seed)
   mesh = partitioning.make_mesh(1)
   batch_sharding = partitioning.batch_sharding(mesh)

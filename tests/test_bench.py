@@ -100,3 +100,57 @@ def test_memory_step_process(tmp_path):
   assert row['peak_rss_gib'] >= row['rss_after_imports_gib'] > 0
   assert row['train_state_gib'] > row['params_gib'] > 0
   assert path.exists()
+
+
+def test_peer_configs_name_the_t5_version():
+  assert peer_torch.parse_configs('base:64:512:32128,t5_1_1/base:8:128') == [
+      ('t5_1_0', 'base', 64, 512, 32128), ('t5_1_1', 'base', 8, 128, None)]
+  t5 = config_lib.preset('base', 't5_1_1').t5
+  assert peer_torch.t5_shapes('base', 't5_1_1') == dict(
+      d_model=t5.emb_dim, num_heads=t5.num_heads, d_kv=t5.head_dim, d_ff=t5.mlp_dim,
+      num_layers=t5.num_encoder_layers, num_decoder_layers=t5.num_decoder_layers)
+
+
+def test_peer_gpu_flags_are_checked_before_any_work(monkeypatch):
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_PREALLOCATE', raising=False)  # restored after the test
+  with pytest.raises(SystemExit, match='jax has no GPU here'):
+    peer_torch.main(['--device=gpu', '--dtype=bfloat16', f'--configs=micro:1:8:{TINY_VOCAB}'])
+  assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'  # JAX would leave the peer no GPU memory
+  with pytest.raises(SystemExit, match='unknown splash.*plain'):
+    peer_torch.main(['--attention_impl=plain,splash', f'--configs=micro:1:8:{TINY_VOCAB}'])
+
+
+BARE_PYTHON = '''#!/bin/sh
+exec {python} -c "
+import runpy, sys
+for name in ('tensorflow', 'seqio', 'tensorflow_datasets'):
+  sys.modules[name] = None  # as on an accelerator image without them
+sys.argv = sys.argv[1:]
+if sys.argv[0] == '-c':
+  exec(sys.argv[1])
+else:
+  runpy.run_path(sys.argv[0], run_name='__main__')
+" "$@"
+'''
+
+
+def test_gpu_suite_dry_run_on_cpu_without_tensorflow(tmp_path):
+  """bench/gpu_suite.sh's command line on CPU tiny settings, TensorFlow and SeqIO unimportable: a row per
+  attention implementation, the JSON written, MFU where a peak is known."""
+  import subprocess
+  import sys
+  bare = tmp_path / 'python'
+  bare.write_text(BARE_PYTHON.format(python=sys.executable))
+  bare.chmod(0o755)
+  env = {**os.environ, 'PY': str(bare), 'OUT': str(tmp_path / 'out'), 'DEVICE': 'cpu', 'DTYPE': 'float32',
+         'PEER': 'none', 'CONFIGS': f't5_1_1/micro:1:8:{TINY_VOCAB}', 'JAX_PLATFORMS': 'cpu'}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(['bash', os.path.join(root, 'bench', 'gpu_suite.sh')], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+  rows = json.loads((tmp_path / 'out' / 'peer_torch_gpu.json').read_text())['rows']
+  assert [(r['model'], r['attention']) for r in rows] == [('micro (t5_1_1)', 'plain'), ('micro (t5_1_1)', 'dpa:xla')]
+  for row in rows:
+    assert row['error'] == '' and row['spactor_steps_per_s'] > 0 and row['spactor_compile_s'] > 0
+    assert row['hf_mode'] == 'none' and math.isnan(row['hf_torch_steps_per_s'])
+  assert '| micro (t5_1_1)' in (tmp_path / 'out' / 'peer_torch_gpu.txt').read_text()
