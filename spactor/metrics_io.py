@@ -2,6 +2,7 @@
 import collections
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -20,10 +21,13 @@ class MetricsWriter:
   """Appends records to `metrics.jsonl` and TensorBoard scalars under `tb/`.
 
   On a restart from step N, records after N (steps that will be trained again) are dropped first, with an
-  atomic rewrite, so the file always describes one uninterrupted run.
+  atomic rewrite, so the file always describes one uninterrupted run. `start_step=None` is a run that restored no
+  checkpoint: it writes every record again (step 0's evaluation included), so none of an earlier attempt's
+  records are kept. Create the writer only after the restore succeeded: a run that stops on a checkpoint it cannot
+  use must leave the history as it is.
   """
 
-  def __init__(self, model_dir: str, start_step: int = 0):
+  def __init__(self, model_dir: str, start_step: Optional[int] = None):
     self.path = os.path.join(model_dir, METRICS_FILE)
     self._tb = None
     if not _is_chief():
@@ -56,10 +60,10 @@ class MetricsWriter:
       self._tb.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
+def _truncate_after(path: str, step: Optional[int]) -> None:
   if not os.path.exists(path):
     return
-  kept = [line for line in read_records(path) if line['step'] <= step]
+  kept = [] if step is None else [line for line in read_records(path) if line['step'] <= step]
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in kept)
@@ -69,6 +73,52 @@ def _truncate_after(path: str, step: int) -> None:
 def read_records(path: str) -> list[dict[str, Any]]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# --- strict JSON files ------------------------------------------------------------------------------------
+
+
+def finite_or_none(value):
+  """The value with every NaN or infinity (nested in dicts and lists) replaced by None: strict JSON's null."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [finite_or_none(v) for v in value]
+  return value
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as strict JSON (no NaN: null instead), atomically (a temporary file renamed)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(finite_or_none(value), f, indent=2, allow_nan=False)
+  os.replace(tmp, path)
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON in `path`, or None when the file is missing or is not JSON."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def keep_measured(rows: list[dict[str, Any]], previous_rows: Optional[list[dict[str, Any]]],
+                  fields: tuple = ('seqs_per_second',)) -> list[dict[str, Any]]:
+  """`rows` where each field this invocation did not measure (NaN or None) keeps the value of the previous
+  summary's row of the same 'stage': a rerun of a finished run trains no step and keeps the measured throughput."""
+  before = {row.get('stage'): row for row in previous_rows or []}
+  out = []
+  for row in rows:
+    row = dict(row)
+    for field in fields:
+      if finite_or_none(row.get(field)) is None and before.get(row.get('stage'), {}).get(field) is not None:
+        row[field] = before[row.get('stage')][field]
+    out.append(row)
+  return out
 
 
 class Throughput:

@@ -287,7 +287,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
                         flops.sc_step_flops(t5, lengths, config.batch_size))
   eval_data = validation_batches(config, objective_defs) if config.eval_batches else {}
   eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
-  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step))
+  writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step) if restored is not None else None)
   with partitioning.logical_context(mesh):
     state, timer, preempted = trainer.train_loop(
         state, stage_at=lambda step: stage, switch=None,
@@ -314,15 +314,14 @@ def write_summary(config: ContinualConfig, metrics_path: str, timer, preempted: 
       "final_eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
       "seqs_per_second": timer.seqs_per_second(config.objective, config.batch_size),
   }
+  summary_path = os.path.join(config.model_dir, "summary.json")
+  [result] = metrics_io.keep_measured([result], [metrics_io.read_json(summary_path) or {}])  # a rerun trains nothing
   if jax.process_index() == 0:
     final = result["final_eval"]
     print(f"\n{config.objective} continual pre-training in {config.model_dir}: {config.total_steps} steps, "
           f"validation " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(final.items()) if k.endswith("_loss")),
           flush=True)
-    tmp = os.path.join(config.model_dir, "summary.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(config.model_dir, "summary.json"))
+    metrics_io.write_json(summary_path, result)  # strict JSON: NaN becomes null
   return result
 
 

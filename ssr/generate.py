@@ -266,10 +266,16 @@ def parse_args(argv):
 
 
 def main(argv):
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-  args = parse_args(argv)
+  """Holds --out_dir for this run (a second one there refuses to start); bad input ends in one paragraph."""
+  from spactor import cli
+  debug = cli.debug_requested(argv)
+  cli.configure_logging(debug)
+  args = parse_args([arg for arg in argv if arg != "--debug"])
+  with cli.usage_errors_reported(debug), cli.hold_model_dir(args.out_dir):
+    generate_splits(args)
+
+
+def generate_splits(args):
   import gin
   from spactor import tasks as spactor_tasks
   from spactor import config as config_lib

@@ -3,7 +3,9 @@
 Subprocess tests run the real command line (`python -m spactor.train`), kill it with SIGKILL or SIGTERM while it
 trains, restart the same command, and compare every step's loss with an uninterrupted in-process run.
 """
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,10 +56,16 @@ def wait_for_step(proc: subprocess.Popen, model_dir, step: int, timeout: float =
 
 
 @pytest.fixture(scope='module')
-def reference(tmp_path_factory):
+def reference_dir(tmp_path_factory):
+  """The MODEL_DIR of an uninterrupted run (tests copy it before they change anything in it)."""
   model_dir = tmp_path_factory.mktemp('reference')
   train.run(train.TrainConfig(model_dir=str(model_dir), **SETTINGS))
-  return losses(model_dir)
+  return model_dir
+
+
+@pytest.fixture(scope='module')
+def reference(reference_dir):
+  return losses(reference_dir)
 
 
 def assert_same_run(reference, model_dir):
@@ -110,6 +118,38 @@ def test_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(referen
   assert_same_run(reference, tmp_path)
 
 
+def strict_json(path):
+  def refuse(constant):
+    raise ValueError(f'{path} holds {constant}, which is not JSON')
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+def test_a_restart_before_the_first_checkpoint_writes_each_record_once(reference_dir, tmp_path):
+  first_records = metrics_io.read_records(os.path.join(reference_dir, metrics_io.METRICS_FILE))[:3]
+  with open(tmp_path / metrics_io.METRICS_FILE, 'w') as f:  # what a run killed at step 2 leaves: no checkpoint
+    f.writelines(json.dumps(r) + '\n' for r in first_records)
+  assert first_records[0]['step'] == 0 and 'eval/sc_clean_loss' in first_records[0]
+  train.run(train.TrainConfig(model_dir=str(tmp_path), **{**SETTINGS, 'total_steps': 2, 'tau': None}))
+  records = metrics_io.read_records(os.path.join(tmp_path, metrics_io.METRICS_FILE))
+  assert [(r['step'], 'eval/sc_clean_loss' in r) for r in records] == [(0, True), (1, False), (2, False), (2, True)]
+
+
+def test_a_rerun_of_a_finished_run_keeps_its_records_and_summary(reference_dir, tmp_path):
+  model_dir = tmp_path / 'run'
+  shutil.copytree(reference_dir, model_dir)
+  before = strict_json(model_dir / 'summary.json')  # no bare NaN: the sc stage has no noisy validation loss
+  assert before['stages'][1]['val_sc_noisy'] is None
+  with open(model_dir / metrics_io.METRICS_FILE) as f:
+    records = f.read()
+  train.run(train.TrainConfig(model_dir=str(model_dir), **SETTINGS))  # restores step TOTAL, trains nothing
+  after = strict_json(model_dir / 'summary.json')
+  assert [row['seqs_per_second'] for row in after['stages']] == [row['seqs_per_second'] for row in before['stages']]
+  assert all(row['seqs_per_second'] > 0 for row in after['stages'])
+  with open(model_dir / metrics_io.METRICS_FILE) as f:
+    assert f.read() == records
+
+
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   config = train.TrainConfig(model_dir=str(tmp_path), **{**SETTINGS, 'learning_rate': 1e30,
                                                          'checkpoint_every': 1})
@@ -125,7 +165,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     (['--gin.TAU=100', '--gin.TOTAL_STEPS=10'], 'larger than the run'),
     (['--gin.LAMBDA1=-1.0'], 'lambda1'),
     (['--gin.TAU=2.5'], 'TAU'),
-    (['--gin.MLM_RATIO=1.5'], 'mlm_ratio'),
+    (['--gin.MLM_RATIO=1.5'], 'MLM_RATIO'),
     (['--gin.TAU=1 2'], 'TAU = 1 2'),  # malformed values: a parse error, not a traceback
     (['--gin.TAU=('], 'TAU = ('),
 ])
