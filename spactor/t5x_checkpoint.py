@@ -14,7 +14,9 @@ of the public releases and t5x restores it with either checkpoint manager. A wri
 slots: t5x fills them from scratch when restoring with `RestoreCheckpointConfig(fallback_to_scratch=True)`.
 
 t5x's examples/t5/network.py param tree equals the project's except for T5.1.1's untied output projection, which
-t5x keeps at `decoder/logits_dense` and the project at the top level (`logits_dense`).
+t5x keeps at `decoder/logits_dense` and the project at the top level (`logits_dense`); checkpoints of this
+project's models under t5x.train (gin/t5x) have the project's layout, and both are read. Written checkpoints have
+t5x's network layout, the one of the public releases.
 """
 import os
 import re
@@ -140,32 +142,47 @@ def _read_zarr(spec: Mapping, checkpoint_dir: str, name: str) -> np.ndarray:
 
 
 def read(path: str, step: Optional[int] = None) -> Tuple[dict, T5Config, Optional[int]]:
-  """(flat float32 project params, T5Config from the shapes, step) of a t5x checkpoint (legacy or Orbax)."""
+  """(flat float32 project params, T5Config from the shapes, step) of a t5x checkpoint (legacy or Orbax).
+
+  Two param layouts are read: t5x's examples/t5 network (`decoder/logits_dense`) and this project's SpacTor as
+  t5x.train runs it with gin/t5x (top-level `logits_dense`; a stage-1 run also has `generator` and `rtd_head`,
+  which are left out: the discriminator and the shared embedder are the T5).
+  """
   checkpoint_dir = find_checkpoint(path, step)
   orbax_dir = os.path.join(checkpoint_dir, ORBAX_STATE)
   if os.path.isdir(orbax_dir):
-    t5x_shapes = {k[len('target/'):]: v for k, v in checkpoint_io._tree_shapes(orbax_dir).items()
-                  if k.startswith('target/')}
-    if not t5x_shapes:
+    shapes = {k[len('target/'):]: v for k, v in checkpoint_io._tree_shapes(orbax_dir).items()
+              if k.startswith('target/')}
+    if not shapes:
       raise CheckpointError(f'{orbax_dir} has no `target` (params): not a t5x checkpoint')
-    config = _config_of(t5x_shapes, checkpoint_dir)
-    arrays = checkpoint_io._restore_numpy(orbax_dir, t5x_shapes, partial=True, prefix=('target',))
+    shapes = _plain(shapes)
+    config, rename = _config_of(shapes, checkpoint_dir)
+    arrays = checkpoint_io._restore_numpy(orbax_dir, shapes, partial=True, prefix=('target',))
     found_step = _orbax_step(orbax_dir)
   else:
-    leaves, found_step, t5x_shapes = _read_legacy_target(checkpoint_dir)
-    config = _config_of(t5x_shapes, checkpoint_dir)
+    leaves, found_step, shapes = _read_legacy_target(checkpoint_dir)
+    shapes = _plain(shapes)
+    config, rename = _config_of(shapes, checkpoint_dir)
     arrays = {n: _read_zarr(v, checkpoint_dir, n) if _is_spec(v) else np.asarray(v, np.float32)
-              for n, v in leaves.items()}
-  return {to_project_name(n): a for n, a in arrays.items()}, config, found_step
+              for n, v in leaves.items() if n in shapes}
+  return {rename(n): a for n, a in arrays.items()}, config, found_step
 
 
-def _config_of(t5x_shapes: Mapping[str, tuple], checkpoint_dir: str) -> T5Config:
-  """Config from the shapes, then every tensor checked against it under its t5x name."""
-  project_shapes = {to_project_name(n): s for n, s in t5x_shapes.items()}
-  config = checkpoint_io.infer_config(project_shapes, checkpoint_dir)
-  expected = {to_t5x_name(n): s for n, s in checkpoint_io.expected_shapes(config).items()}
-  checkpoint_io.check_tensors(t5x_shapes, expected, checkpoint_dir, 'a T5 (t5x target)')
-  return config
+def _plain(shapes: Mapping[str, tuple]) -> dict:
+  """The T5's tensors: a SpacTor stage-1 run's generator and RTD head are not part of it."""
+  return {n: s for n, s in shapes.items() if n.split('/')[0] not in checkpoint_io.STAGE1_ONLY}
+
+
+def _config_of(shapes: Mapping[str, tuple], checkpoint_dir: str):
+  """(config from the shapes, t5x name -> project name), every tensor checked under its name in the checkpoint."""
+  project_layout = 'logits_dense/kernel' in shapes  # this project's model under t5x.train
+  rename = (lambda n: n) if project_layout else to_project_name
+  config = checkpoint_io.infer_config({rename(n): s for n, s in shapes.items()}, checkpoint_dir)
+  expected = checkpoint_io.expected_shapes(config)
+  if not project_layout:
+    expected = {to_t5x_name(n): s for n, s in expected.items()}
+  checkpoint_io.check_tensors(shapes, expected, checkpoint_dir, 'a T5 (t5x target)')
+  return config, rename
 
 
 def _orbax_step(orbax_dir: str) -> Optional[int]:

@@ -214,6 +214,18 @@ def test_missing_tie_word_embeddings_means_tied(tmp_path):
   assert config.logits_via_embedding
 
 
+def test_t5x_run_of_this_projects_stage1_model_gives_its_t5(tmp_path):
+  """t5x.train with gin/t5x runs the project's SpacTor: top-level logits_dense, plus generator and RTD head."""
+  target, reference = t5x_target('t5_1_1')
+  project = {t5x_checkpoint.to_project_name(k): v for k, v in target.items()}
+  stage1 = dict(project, **{'generator/logits_dense/kernel': np.ones((16, 100), np.float32),
+                            'rtd_head/output_kernel': np.ones(24, np.float32)})
+  write_t5x_orbax(tmp_path, stage1, step=6)
+  flat, config, step = t5x_checkpoint.read(str(tmp_path))
+  assert step == 6 and checkpoint_io.version_of(config) == 't5_1_1'
+  assert_same(project, flat)
+
+
 def test_t5x_wrong_shape_is_named_with_its_t5x_name(tmp_path):
   target, _ = t5x_target('t5_1_1')
   target['decoder/logits_dense/kernel'] = np.zeros((16, 99), np.float32)
