@@ -280,7 +280,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
     state, _ = restored
     log.info("restored step %d from %s", int(state.step), manager.directory)
   else:
-    log.info("starting from %s step %d (T5 weights; fresh optimizer)", config.init_checkpoint, init_step)
+    log.info("starting from %s step %s (T5 weights; fresh optimizer)", config.init_checkpoint, init_step)
 
   lengths = flops.Lengths(inputs=objective.lengths["inputs"], targets=objective.lengths["targets"])
   stage = trainer.Stage(config.objective, module, loss_fn(config.objective, config.z_loss), None,
