@@ -44,6 +44,10 @@ class TrainConfig:
   of `python -m spactor.convert`, a Hugging Face or t5x T5, or another run's model_dir; spactor.checkpoint_io); it
   must have the architecture of `model`. The generator, RTD head, optimizer state and step start fresh. Only a
   new run reads it: a restart continues from its own newest checkpoint.
+  loss_normalization: how each loss term is reduced (spactor.objectives): 'example_sum', the paper's (sums over
+  positions, mean over examples); 'token_mean' (means over each term's positions) changes what λ1, λ2 weigh.
+  stage2_sc_weight: stage 2 trains on stage2_sc_weight·L_SC; None means λ2, so the SC term keeps its scale across
+  τ (Adafactor's carried second moments fit it); 1.0 gives the step-size drop after τ of a plain L_SC.
   """
   model_dir: str
   total_steps: int
@@ -57,6 +61,8 @@ class TrainConfig:
   mean_noise_span_length: float = span_lengths.DEFAULT_MEAN_NOISE_SPAN_LENGTH
   lambda1: float = 10.0
   lambda2: float = 10.0
+  loss_normalization: str = objectives.PAPER_NORMALIZATION
+  stage2_sc_weight: Optional[float] = None  # None: λ2 (no step-size drop at τ); 1.0: the old behaviour
   learning_rate: float = 1.0  # LR = learning_rate / sqrt(max(step, warmup_steps)) (Table 5)
   warmup_steps: int = 10_000
   z_loss: float = 1e-4
@@ -89,6 +95,9 @@ class TrainConfig:
     if not isinstance(self.model, config_lib.SpacTorConfigs):
       raise ValueError(f'TrainConfig.model must be a spactor.config.preset(...), got {self.model!r}')
     stages.HybridWeights(self.lambda1, self.lambda2)  # validates λ1, λ2 >= 0
+    objectives.check_normalization(self.loss_normalization)
+    if self.stage2_sc_weight is not None and not self.stage2_sc_weight > 0:
+      raise ValueError(f'TrainConfig.stage2_sc_weight must be positive or None (λ2), got {self.stage2_sc_weight!r}')
     span_lengths.max_mlm_positions(self.inputs_length, self.mlm_ratio)  # validates the MLM ratio
     if not 0.0 < self.noise_density < 1.0 or self.mean_noise_span_length <= 0:
       raise ValueError(f'NOISE_DENSITY must be in (0, 1) and MEAN_NOISE_SPAN_LENGTH positive, got '
@@ -99,6 +108,10 @@ class TrainConfig:
   @property
   def hybrid_steps(self) -> int:
     return self.total_steps if self.tau is None else self.tau
+
+  @property
+  def sc_weight_after_tau(self) -> float:
+    return self.lambda2 if self.stage2_sc_weight is None else self.stage2_sc_weight
 
   @property
   def targets_length(self) -> int:
@@ -129,12 +142,13 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One stage: its module, its loss, its validation metrics and its cost."""
+  """One stage: its module, its loss, its validation metrics and its cost (ours, and as the paper counts it)."""
   name: str
   module: Any
   loss_fn: Callable
   eval_fn: Callable
   flops_per_step: float
+  paper_flops_per_step: float = float('nan')  # spactor.flops' paper_*: Table 3's convention, the same batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +173,18 @@ def build_stages(config: TrainConfig, vocab: VocabSizes) -> dict[str, Stage]:
       'hybrid': Stage(
           'hybrid', model_lib.SpacTor(t5, generator, rtd_head),
           functools.partial(stages.hybrid_loss, weights=weights, allowed_ids=allowed, z_loss=config.z_loss,
-                            max_predictions=k),
+                            max_predictions=k, normalization=config.loss_normalization),
           functools.partial(stages.hybrid_eval_metrics, weights=weights, allowed_ids=allowed, max_predictions=k),
-          flops.hybrid_step_flops(t5, generator, rtd_head, cost, config.batch_size, logits_tokens=k)),
+          flops.hybrid_step_flops(t5, generator, rtd_head, cost, config.batch_size, logits_tokens=k),
+          flops.paper_hybrid_step_flops(t5, generator, rtd_head, cost, config.batch_size)),
       'sc': Stage(
           'sc', model_lib.SpacTor(t5),
           lambda module, params, batch, rng, enable_dropout=True: stages.sc_loss(
-              module, params, stages.clean_batch(batch), rng, enable_dropout, z_loss=config.z_loss),
+              module, params, stages.clean_batch(batch), rng, enable_dropout, z_loss=config.z_loss,
+              normalization=config.loss_normalization, sc_weight=config.sc_weight_after_tau),
           stages.sc_eval_metrics,
-          flops.sc_step_flops(t5, cost, config.batch_size)),
+          flops.sc_step_flops(t5, cost, config.batch_size),
+          flops.paper_sc_step_flops(t5, cost, config.batch_size)),
   }
 
 
@@ -377,17 +394,22 @@ def write_summary(config: TrainConfig, stage_defs, timer, metrics_path: str, pre
       continue
     rows.append({'stage': name, 'steps': steps, **metrics_io.stage_summary(records, name),
                  'seqs_per_second': timer.seqs_per_second(name, config.batch_size),
-                 'gflops_per_step': stage_defs[name].flops_per_step / 1e9})
+                 'gflops_per_step': stage_defs[name].flops_per_step / 1e9,
+                 'paper_gflops_per_step': stage_defs[name].paper_flops_per_step / 1e9})
+  summary_path = os.path.join(config.model_dir, 'summary.json')
+  rows = metrics_io.keep_measured(rows, (metrics_io.read_json(summary_path) or {}).get('stages'))  # a rerun
+  hybrid, sc = stage_defs['hybrid'], stage_defs['sc']
+  ratios = {'hybrid_over_sc_flops': hybrid.flops_per_step / sc.flops_per_step,
+            'hybrid_over_sc_flops_paper': hybrid.paper_flops_per_step / sc.paper_flops_per_step}
   result = {'tau': config.tau, 'total_steps': config.total_steps, 'preempted': preempted, 'stages': rows,
-            'total_pflops': cumulative_flops(config, stage_defs, config.total_steps) / 1e15}
+            'total_pflops': cumulative_flops(config, stage_defs, config.total_steps) / 1e15, **ratios}
   if jax.process_index() == 0:
     table = metrics_io.summary_table(rows)
     print(f'\nSpacTor run in {config.model_dir} (tau={config.tau}, {config.total_steps} steps, '
-          f'{result["total_pflops"]:.4f} PFLOPs){" - preempted" if preempted else ""}\n{table}', flush=True)
-    tmp = os.path.join(config.model_dir, 'summary.json.tmp')
-    with open(tmp, 'w') as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, os.path.join(config.model_dir, 'summary.json'))
+          f'{result["total_pflops"]:.4f} PFLOPs){" - preempted" if preempted else ""}\n{table}\n'
+          f'A stage-1 step costs {ratios["hybrid_over_sc_flops"]:.3f}x an SC step in our count '
+          f'({ratios["hybrid_over_sc_flops_paper"]:.3f}x as the paper counts, Table 3: spactor/flops.py)', flush=True)
+    metrics_io.write_json(summary_path, result)  # strict JSON: NaN becomes null
   return result
 
 
