@@ -147,8 +147,16 @@ class SCModel(_Base):
 
   def __init__(self, module, input_vocabulary: seqio.Vocabulary, output_vocabulary: seqio.Vocabulary,
                optimizer_def: Any, decode_fn: Optional[Callable] = None,
-               feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None, z_loss: float = 1e-4):
-    """As t5x's EncoderDecoderModel; decode_fn defaults to t5x's beam search (greedy without t5x)."""
+               feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None, z_loss: float = 1e-4,
+               loss_normalization: str = objectives.PAPER_NORMALIZATION, sc_weight: float = 1.0):
+    """As t5x's EncoderDecoderModel; decode_fn defaults to t5x's beam search (greedy without t5x).
+
+    loss_normalization: spactor.objectives' ('example_sum', the paper's, is the default; 'batch_sum' is t5x's
+    loss_normalizing_factor=None). sc_weight: the loss is sc_weight·L_SC; SpacTor's stage 2 sets it to λ2 so that
+    the SC term keeps its stage-1 scale (gin/t5x/runs/spactor_stage2.gin).
+    """
+    self._normalization = objectives.check_normalization(loss_normalization)
+    self._sc_weight = sc_weight
     if HAS_T5X and decode_fn is None:
       decode_fn = t5x_decoding.beam_search
     super().__init__(module=module, input_vocabulary=input_vocabulary, output_vocabulary=output_vocabulary,
@@ -177,7 +185,8 @@ class SCModel(_Base):
     return loss, clu_metrics_from(loss, raw, batch['encoder_input_tokens'].shape[0])
 
   def _objective(self, params, batch, rng, enable_dropout):
-    return stages.sc_loss(self.module, params, batch, rng, enable_dropout, z_loss=self._z_loss)
+    return stages.sc_loss(self.module, params, batch, rng, enable_dropout, z_loss=self._z_loss,
+                          normalization=self._normalization, sc_weight=self._sc_weight)
 
 
 class SpacTorModel(SCModel):
@@ -192,14 +201,15 @@ class SpacTorModel(SCModel):
   def __init__(self, module, input_vocabulary: seqio.Vocabulary, output_vocabulary: seqio.Vocabulary,
                optimizer_def: Any, decode_fn: Optional[Callable] = None,
                feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None, z_loss: float = 1e-4,
-               lambda1: float = 10.0, lambda2: float = 10.0):
+               lambda1: float = 10.0, lambda2: float = 10.0,
+               loss_normalization: str = objectives.PAPER_NORMALIZATION):
     """As SCModel, plus λ1 (RTD weight) and λ2 (SC weight) of Eq. 9."""
     if module.generator is None or module.rtd_head is None:
       raise ValueError('SpacTorModel needs a SpacTor module with a generator and an RTD head')
     self.weights = stages.HybridWeights(lambda1, lambda2)
     super().__init__(module=module, input_vocabulary=input_vocabulary, output_vocabulary=output_vocabulary,
                      optimizer_def=optimizer_def, decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
-                     z_loss=z_loss)
+                     z_loss=z_loss, loss_normalization=loss_normalization)
 
   def eval_fn(self, params: PyTree, batch: Batch):
     """loss_fn's metrics plus span corruption on the clean inputs X_c (`sc_clean_*`, the paper's Figure 4)."""
@@ -212,4 +222,4 @@ class SpacTorModel(SCModel):
     vocab = self.output_vocabulary
     allowed = objectives.allowed_generator_ids(self.module.config.vocab_size, vocab.vocab_size - vocab.extra_ids)
     return stages.hybrid_loss(self.module, params, batch, rng, enable_dropout, weights=self.weights,
-                              allowed_ids=allowed, z_loss=self._z_loss)
+                              allowed_ids=allowed, z_loss=self._z_loss, normalization=self._normalization)

@@ -151,7 +151,8 @@ def test_sc_loss_fn_matches_the_project_objective(vocabulary, batch):
   assert all(isinstance(v, clu.metrics.Metric) for v in metrics.values())
   logits = m.module.apply({'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
                           batch['decoder_target_tokens'], enable_dropout=False)
-  expected, raw = objectives.sc_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'])
+  expected, raw = objectives.sc_loss(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'],
+                                     normalization=objectives.PAPER_NORMALIZATION)  # the models' default
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   summary = objectives.summarize(raw)
   for name in ('sc_loss', 'sc_accuracy'):
@@ -161,7 +162,8 @@ def test_sc_loss_fn_matches_the_project_objective(vocabulary, batch):
 
 def test_spactor_loss_fn_combines_the_three_terms_and_trains_every_parameter(vocabulary, batch):
   """As t5x's trainer calls it: value_and_grad of loss_fn with the metrics as aux."""
-  m = make(t5x_models.SpacTorModel, vocabulary, lambda1=3.0, lambda2=5.0)
+  # Per-term means ('token_mean'): each term is its weight times its metric (the default sums: test_fidelity_*).
+  m = make(t5x_models.SpacTorModel, vocabulary, lambda1=3.0, lambda2=5.0, loss_normalization='token_mean')
   params = init(m, batch)['params']
   train = jax.jit(jax.value_and_grad(m.loss_fn, has_aux=True))
   (loss, metrics), grads = train(params, batch, jax.random.PRNGKey(1))
@@ -182,7 +184,8 @@ def test_spactor_loss_fn_combines_the_three_terms_and_trains_every_parameter(voc
   eval_loss, eval_metrics = evaluate(params, batch)
   np.testing.assert_array_equal(eval_loss, evaluate(params, batch)[0])
   # Evaluation adds span corruption on the clean inputs X_c, as the SC model computes it on them.
-  sc_model = t5x_models.SCModel(model.SpacTor(m.module.config), vocabulary, vocabulary, optimizer_def=None, z_loss=0.0)
+  sc_model = t5x_models.SCModel(model.SpacTor(m.module.config), vocabulary, vocabulary, optimizer_def=None, z_loss=0.0,
+                                loss_normalization='token_mean')
   clean = {**batch, 'encoder_input_tokens': batch['encoder_clean_tokens']}
   sc_params = {k: v for k, v in params.items() if k not in ('generator', 'rtd_head')}
   np.testing.assert_allclose(eval_metrics['sc_clean_loss'].compute(), sc_model.loss_fn(sc_params, clean, None)[0],
