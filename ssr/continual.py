@@ -254,6 +254,41 @@ def _eval_fn(module, prefix):
 # --- the loop ---------------------------------------------------------------------------------------------
 
 
+def data_plan(config: ContinualConfig) -> Optional[dict]:
+  """What fixes the order of the training examples of an SSR or DistilT5 run (None for SC: it does not depend on
+  the run's length). The curriculum spans TOTAL_STEPS x BATCH_SIZE examples, so both are part of it."""
+  if config.objective == "sc":
+    return None
+  return {"objective": config.objective, "data_dir": os.path.abspath(config.data_dir),
+          "curriculum": config.curriculum if config.objective == "ssr" else "none",
+          "num_groups": config.num_groups if config.objective == "ssr" else 1,
+          "examples": config.total_steps * config.batch_size, "switch": config.curriculum_switch,
+          "shuffle_buffer": config.curriculum_shuffle_buffer, "seed": config.seed}
+
+
+def check_data_plan(config: ContinualConfig) -> None:
+  """Writes the run's data plan on its first start; refuses a restart whose plan differs (the data position in its
+  checkpoints belongs to the first plan)."""
+  plan = data_plan(config)
+  if plan is None:
+    return
+  path = os.path.join(config.model_dir, "data_plan.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = json.load(f)
+    changed = sorted(k for k in set(plan) | set(previous) if plan.get(k) != previous.get(k))
+    if changed:
+      changes = ", ".join(f"{k}: {previous.get(k)!r} -> {plan.get(k)!r}" for k in changed)
+      raise ValueError(
+          f"{config.model_dir} was started with another data plan ({changes}); the curriculum spans TOTAL_STEPS x "
+          f"BATCH_SIZE examples and its checkpoints hold a position in that order. Resume with the first settings, "
+          f"or start another MODEL_DIR.")
+    return
+  if jax.process_index() == 0:
+    os.makedirs(config.model_dir, exist_ok=True)
+    records.write_json_atomic(path, json.dumps(plan, indent=2, sort_keys=True))
+
+
 def run(config: ContinualConfig) -> dict[str, Any]:
   """Trains to total_steps (or until SIGTERM); returns and writes the run summary."""
   mesh = partitioning.make_mesh(config.num_partitions)
@@ -265,6 +300,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
   vocab = spactor_tasks.vocabulary(config.corpus)
   t5 = config_lib.preset(vocab_size=vocab_lib.model_vocab_size(vocab)).t5
   module = model_lib.SpacTor(t5)
+  check_data_plan(config)
   objective_defs = objectives_of(config, vocab)
   objective = objective_defs[config.objective]
   train_iter = iter(make_dataset(config, objective, "train", shuffle=objective.shuffle))

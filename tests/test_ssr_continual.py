@@ -66,14 +66,19 @@ def test_init_keeps_the_weights_and_starts_a_fresh_optimizer(start_checkpoint, t
   jax.tree.map(np.testing.assert_array_equal, state.opt_state, fresh)
 
 
-def test_ssr_run_trains_evaluates_both_objectives_and_resumes(start_checkpoint, tmp_path):
+def test_ssr_run_trains_evaluates_both_objectives_and_resumes(start_checkpoint, tmp_path, monkeypatch):
   init_dir, params = start_checkpoint
   _, vocab = _tiny_t5()
   data_dir, model_dir = str(tmp_path / "data"), str(tmp_path / "ssr")
   os.makedirs(data_dir)
   _write_ssr_data(data_dir, vocab)
 
-  summary = continual.run(_config(model_dir, init_dir, data_dir, 2))
+  # A run of 3 steps stopped after 2 (as a preempted one): the curriculum is planned for 3 x 2 examples.
+  real_cadence = continual.trainer.Cadence.of
+  monkeypatch.setattr(continual.trainer.Cadence, "of",
+                      staticmethod(lambda config: dataclasses.replace(real_cadence(config), total_steps=2)))
+  summary = continual.run(_config(model_dir, init_dir, data_dir, 3))
+  monkeypatch.setattr(continual.trainer.Cadence, "of", staticmethod(real_cadence))
   assert set(summary["final_eval"]) >= {"ssr_loss", "sc_loss"}
   assert all(np.isfinite(v) for v in summary["final_eval"].values())
   assert summary["final_eval"]["ssr_loss"] != summary["start_eval"]["ssr_loss"]
@@ -81,6 +86,9 @@ def test_ssr_run_trains_evaluates_both_objectives_and_resumes(start_checkpoint, 
   trained, _ = params_lib.restore_t5_params(model_dir, _tiny_t5()[0])
   assert not np.array_equal(trained["decoder"]["decoder_norm"]["scale"], params["decoder"]["decoder_norm"]["scale"])
 
+  # Another length would be another curriculum: refused, named, nothing written.
+  with pytest.raises(ValueError, match="examples: 6 -> 8"):
+    continual.run(_config(model_dir, init_dir, data_dir, 4))
   # Continues from step 2 (no evaluation this time: it is the step count and the log that matter here).
   continual.run(dataclasses.replace(_config(model_dir, init_dir, data_dir, 3), eval_batches=0))
   steps = [json.loads(line)["step"] for line in open(os.path.join(model_dir, "metrics.jsonl"))]
