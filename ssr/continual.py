@@ -46,7 +46,9 @@ OBJECTIVES = ("ssr", "sc", "distill")  # distill: DistilT5, infilling with the g
 @gin.configurable(module="ssr.continual")
 @dataclasses.dataclass(frozen=True)
 class ContinualConfig:
-  """A continual pre-training run. Defaults are the paper's (Section 4.1); gin/ssr/*.gin sets them all."""
+  """A continual pre-training run. Defaults are the paper's (Section 4.1) where it gives them and ours where it is
+  silent (optimizer, decay, weight decay, z-loss, the curriculum's switch; docs/ssr.md lists which); gin/ssr/*.gin
+  sets them all."""
   model_dir: str
   init_checkpoint: str
   objective: str = "ssr"
@@ -64,8 +66,8 @@ class ContinualConfig:
   ssr_targets_length: Optional[int] = None  # None: the longest target the generated data can hold
   learning_rate: float = 5e-5
   warmup_steps: int = 8000
-  decay: str = "linear"  # after warm-up: 'linear' to 0 at total_steps (Hugging Face's default) or 'constant'
-  optimizer: str = "adamw"  # 'adamw' (Hugging Face's default, which the paper's code used) or 'adafactor'
+  decay: str = "linear"  # ours: after warm-up 'linear' to 0 at total_steps (Hugging Face's default) or 'constant'
+  optimizer: str = "adamw"  # ours: 'adamw' (Hugging Face's default; the paper names none) or 'adafactor'
   weight_decay: float = 0.0
   z_loss: float = 1e-4
   seed: int = 0
