@@ -4,7 +4,7 @@
 Both take seqio's metric arguments (`targets`, `predictions`; a target may be a list of references); METEOR is a
 percentage as the paper prints it, CIDEr as coco-caption prints it (x10).
 
-Text is compared as the question-generation evaluation of Du & Cardie (2017) does: lower-cased, split on
+Text is compared as the question-generation evaluation of Du et al. (2017) does: lower-cased, split on
 whitespace (their data is tokenized already).
 
 - METEOR: nltk's `meteor_score` (Banerjee & Lavie, 2005: exact, then Porter-stem matches; F_mean with alpha 0.9,
