@@ -7,7 +7,7 @@ RUN_DIR ?= runs/demo
 # Compiled XLA programs are kept between runs (a restarted demo, repeated test runs compile nothing again).
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/spactor/jax
 
-.PHONY: demo demo-ssr demo-ssr-study test env clean
+.PHONY: demo demo-ssr demo-ssr-study demo-downstream test env clean
 
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ env: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'$(RUN_DIR)'"
+
+# Fine-tunes the `make demo` checkpoint (running the demo first while it has not finished) and a from-scratch model
+# on the embedded downstream task; prints both runs' metrics and writes runs/demo-downstream/results.json.
+demo-downstream: $(VENV)/.installed
+	test -f $(RUN_DIR)/summary.json || $(MAKE) demo
+	$(PY) -m spactor.finetune_demo --gin_file=gin/finetune/demo.gin --gin.INIT_CHECKPOINT="'$(RUN_DIR)'" \
+	    --gin.MODEL_DIR="'runs/demo-downstream'"
 
 demo-ssr: $(VENV)/.installed
 	$(PY) -m ssr.demo --workdir=runs/demo-ssr

@@ -1,0 +1,182 @@
+"""Fine-tuning has a pulse: the real loop on a tiny SeqIO task and a tiny T5; start checkpoints; exact resume."""
+import dataclasses
+import json
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import seqio
+import seqio.test_utils
+import tensorflow as tf
+
+from spactor import checkpointing, checkpoint_io, cli, finetune, finetune_demo, finetune_eval, partitioning
+from spactor import config as config_lib
+from spactor import model as model_lib
+from spactor import vocab as vocab_lib
+
+TASK = 'spactor_finetune_test_task'
+WORDS = ('a', 'b', 'c', 'd', 'e')
+
+
+def exact_match(targets, predictions):
+  return {'accuracy': 100.0 * float(np.mean([t == p for t, p in zip(targets, predictions)]))}
+
+
+def mean_log_likelihood(targets, scores):
+  del targets
+  return {'log_likelihood': float(np.mean(scores))}
+
+
+def _dataset_fn(split, shuffle_files, seed=None):
+  """Rows of random letters; the target says whether 'a' is among them (learnable, not needed here)."""
+  rng = np.random.default_rng({'train': 0, 'validation': 1}[split])
+  texts = [' '.join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for _ in range({'train': 40, 'validation': 6}[split])]
+  ds = tf.data.Dataset.from_tensor_slices({'inputs': texts, 'targets': ['yes' if 'a' in t.split() else 'no'
+                                                                        for t in texts]})
+  return ds.shuffle(40, seed=seed) if shuffle_files else ds
+
+
+@pytest.fixture(scope='module')
+def task(tiny_vocab):
+  if TASK in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(TASK)
+  features = {k: seqio.Feature(tiny_vocab, add_eos=True) for k in ('inputs', 'targets')}
+  seqio.TaskRegistry.add(
+      TASK, source=seqio.FunctionDataSource(_dataset_fn, splits=('train', 'validation')), output_features=features,
+      preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                     seqio.preprocessors.append_eos_after_trim],
+      metric_fns=[exact_match, mean_log_likelihood])
+  yield TASK
+  seqio.TaskRegistry.remove(TASK)
+
+
+def tiny_t5(vocab_size=128):
+  return config_lib.T5Config(vocab_size=vocab_size, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,
+                             num_encoder_layers=1, num_decoder_layers=1)
+
+
+def _config(model_dir, init=None, steps=4, **overrides):
+  return finetune.FinetuneConfig(
+      model_dir=str(model_dir), task=TASK, init_checkpoint=init, inputs_length=16, targets_length=4,
+      model=tiny_t5(), total_steps=steps, batch_size=4, learning_rate=1e-2, log_every=1, eval_every=2,
+      checkpoint_every=2, **{'best_metric': 'log_likelihood', 'best_mode': 'min', **overrides})
+
+
+def _records(model_dir):
+  return [json.loads(line) for line in open(os.path.join(model_dir, 'metrics.jsonl'))]
+
+
+def _without_timing(record):
+  return {k: v for k, v in record.items() if k not in ('seqs_per_second',)}
+
+
+def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exactly(task, tmp_path, monkeypatch,
+                                                                                      capsys):
+  """make demo-downstream's code path on tiny settings (both starts, a table, results.json, finished runs skipped),
+  and exact resume: a run killed at step 2 and started again logs what the demo's uninterrupted one did."""
+  module = model_lib.SpacTor(tiny_t5())
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(5), tokens, tokens, tokens)['params']
+  state = checkpointing.TrainState(step=jnp.array(9, jnp.int32), params=params, opt_state=())
+  checkpointing.save(checkpointing.make_manager(str(tmp_path / 'demo')), state, None, {'stage': 'sc', 'step': 9})
+  finetune.run(_config(tmp_path / 'killed', steps=2))  # stands for a run killed after its step-2 checkpoint
+
+  config = _config(tmp_path / 'downstream', init=str(tmp_path / 'demo'))
+  results = finetune_demo.run_demo(config)
+  assert set(results['runs']) == {'pretrained', 'scratch'}
+  assert results['runs']['pretrained']['init_checkpoint'] == str(tmp_path / 'demo')
+  assert results['runs']['scratch']['init_checkpoint'] is None
+  for run in results['runs'].values():
+    assert set(run['final']) == {f'{TASK}/accuracy', f'{TASK}/log_likelihood'}
+    # The best by BEST_METRIC (here the lowest likelihood: the untrained model) is kept, not the latest.
+    assert run['best'] == {'step': 0, 'metric': f'{TASK}/log_likelihood', 'value': run['first'][run['best']['metric']]}
+    assert run['final'][f'{TASK}/log_likelihood'] > run['first'][f'{TASK}/log_likelihood']  # it learns
+  assert results['runs']['pretrained']['final'] != results['runs']['scratch']['final']  # different starts
+  assert json.load(open(tmp_path / 'downstream' / 'results.json')) == results
+  assert 'pretrained' in capsys.readouterr().out
+  scratch_dir = tmp_path / 'downstream' / 'scratch'
+  records = _records(scratch_dir)
+  assert [r['step'] for r in records if f'eval/{TASK}/accuracy' in r] == [0, 2, 4]
+  assert os.listdir(scratch_dir / 'best' / 'checkpoints') == ['0']
+
+  resumed = finetune.run(_config(tmp_path / 'killed'))
+  later = lambda rs: [_without_timing(r) for r in rs if r['step'] > 2]
+  assert later(_records(tmp_path / 'killed')) == later(records)
+  straight = json.load(open(scratch_dir / 'summary.json'))
+  assert resumed['best_eval'] == straight['best_eval'] and resumed['final_eval'] == straight['final_eval']
+  best = lambda d: checkpoint_io.load_params(str(d / 'best'), tiny_t5()).params
+  jax.tree.map(np.testing.assert_array_equal, best(tmp_path / 'killed'), best(scratch_dir))
+
+  monkeypatch.setattr(finetune, 'run', lambda config: pytest.fail(f'{config.model_dir} was trained again'))
+  assert finetune_demo.run_demo(config) == results
+  with pytest.raises(ValueError, match='INIT_CHECKPOINT'):
+    finetune_demo.run_demo(dataclasses.replace(config, init_checkpoint=None))
+
+
+def test_start_from_a_stage_1_checkpoint_drops_the_generator_and_rtd_head(task, tmp_path):
+  t5 = tiny_t5()
+  full = model_lib.SpacTor(t5, config_lib.GeneratorConfig(num_layers=1, mlp_dim=16), config_lib.RTDHeadConfig(16))
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(lambda: full.init(jax.random.PRNGKey(1), tokens, tokens, tokens,
+                                     method=model_lib.SpacTor.init_all))()['params']
+  state = checkpointing.TrainState(step=jnp.array(3, jnp.int32), params=params,
+                                   opt_state=optax.adafactor(1e-3).init(params))
+  checkpointing.save(checkpointing.make_manager(str(tmp_path / 'pre')), state, None, {'stage': 'hybrid', 'step': 3})
+  config = _config(tmp_path / 'ft', init=str(tmp_path / 'pre'))
+  loaded, source = finetune.init_params(config, model_lib.SpacTor(t5), partitioning.make_mesh(1))
+  assert set(loaded) == {'token_embedder', 'encoder', 'decoder'} and source.step == 3
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded), {k: params[k] for k in loaded})
+
+
+def test_bad_input_is_named(task, tmp_path):
+  with pytest.raises(ValueError, match='not a registered SeqIO task'):
+    finetune.run(dataclasses.replace(_config(tmp_path / 'a'), task='no_such_task'))
+  with pytest.raises(ValueError, match='must differ'):
+    _config(tmp_path / 'a', init=str(tmp_path / 'a'))
+  with pytest.raises(ValueError, match='BEST_MODE'):
+    _config(tmp_path / 'a', best_mode='largest')
+  with pytest.raises(ValueError, match="'f1' is not a metric of this evaluation.*accuracy"):
+    finetune_eval.resolve_metric('f1', {'t/accuracy': 1.0, 't/log_likelihood': 0.0})
+  with pytest.raises(ValueError, match='does not exist'):
+    finetune.run(_config(tmp_path / 'b', init=str(tmp_path / 'missing')))
+  assert not os.path.exists(tmp_path / 'b' / 'metrics.jsonl')
+
+
+def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab):
+  module = model_lib.SpacTor(tiny_t5())
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), tokens, tokens, tokens)['params']
+  evaluator = finetune_eval.make_evaluator(TASK, 'validation', {'inputs': 16, 'targets': 4}, None)
+  dataset = evaluator._cached_model_datasets[TASK]  # noqa: SLF001 (what seqio hands its predict_fn)
+  predictions = finetune_eval.make_predict_fn(module, lambda: params, 4, 4)(dataset)
+  assert sorted(i for i, _ in predictions) == list(range(6))  # 6 examples in batches of 4: padding dropped
+  assert all(0 < len(p) <= 4 and (p[-1] == 1 or len(p) == 4) and 1 not in p[:-1] for _, p in predictions)
+  scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
+  assert len(scores) == 6 and all(s < 0 for _, s in scores)
+
+
+REQUIRED = ["MODEL_DIR = '/tmp/unused'", 'INIT_CHECKPOINT = None']
+
+
+@pytest.mark.parametrize('files, bindings', [
+    (['gin/finetune/finetune.gin'], REQUIRED + ["TASK = 'glue_rte_v2'"]),
+    (['gin/finetune/rt_polarity.gin'], REQUIRED),
+    (['gin/finetune/rt_polarity.gin', 'gin/finetune/cpu.gin'], REQUIRED),
+    (['gin/finetune/demo.gin'], []),
+])
+def test_every_finetune_gin_file_builds_its_config(files, bindings, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  try:
+    cli.parse_gin(files, bindings, [])
+    config = finetune.FinetuneConfig()
+  finally:
+    gin.clear_config()
+  if len(files) == 1 and files[0] != 'gin/finetune/demo.gin':  # the paper's fine-tuning settings, T5-Base
+    assert (config.learning_rate, config.dropout_rate, config.batch_size, config.beam_size) == (1e-3, 0.1, 128, 1)
+    assert config.model.emb_dim == 768 and config.total_steps == 262144
+  else:  # the CPU layer: the tiny model of `make demo`
+    assert (config.model.emb_dim, config.batch_size, config.task) == (128, 32, 'spactor_rt_polarity')
