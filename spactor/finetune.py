@@ -210,8 +210,8 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
 
   best = finetune_eval.BestCheckpoint(config.model_dir, config.best_metric, config.best_mode) \
       if config.best_metric else None
-  if best:
-    best.forget_after(start_step)
+  if best:  # a restart evaluates the steps after its checkpoint again; a run that restored nothing, every step
+    best.forget_after(start_step if restored is not None else -1)
   current = {'params': state.params, 'step': start_step}
   eval_batch = config.eval_batch_size or config.batch_size
   predict_fn = finetune_eval.make_predict_fn(stage.module, lambda: current['params'], eval_batch,
