@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
+from scipy import stats
 from seqio.test_utils import assert_dataset
 
 from spactor import preprocessors as pp
@@ -109,6 +110,29 @@ def test_noise_mask_counts_and_shape_over_many_seeds():
   noise_runs = np.concatenate([_runs(m)[1::2] for m in masks])
   assert noise_runs.mean() == pytest.approx(num_noise / num_spans)
   assert masks[:, 1:-num_noise].mean() == pytest.approx(num_noise / length, abs=0.05)
+
+
+def _compositions(total, parts):
+  """Every split of `total` into `parts` positive parts, in lexicographic order."""
+  if parts == 1:
+    return [(total,)]
+  return [(first,) + rest for first in range(1, total - parts + 2) for rest in _compositions(total - first, parts - 1)]
+
+
+def test_noise_mask_span_lengths_follow_their_exact_law():
+  """num_noise and num_nonnoise are each split into num_spans positive parts uniformly over the compositions, the
+  two splits independently: a chi-square over all 10 noise and 78 non-noise compositions of 3000 masks."""
+  length, density, mean, count = 20, 0.3, 2.0, 3000  # 6 noise tokens in 3 spans, 14 non-noise in 3 spans
+  masks = _masks(length, density, [((s, 7), (11, s)) for s in range(count)], mean)
+  runs = np.stack([_runs(m) for m in masks])  # clean, noise, clean, noise, ...
+  assert runs.shape == (count, 6)
+  for observed_parts, total in ((runs[:, 1::2], 6), (runs[:, 0::2], 14)):
+    cells = {c: i for i, c in enumerate(_compositions(total, 3))}
+    observed = np.bincount([cells[tuple(r)] for r in observed_parts], minlength=len(cells))
+    assert stats.chisquare(observed).pvalue > 1e-3, (total, observed)
+  # Independence of the two splits: the first noise span against the first non-noise span.
+  table = np.histogram2d(runs[:, 1], runs[:, 0], bins=[np.arange(1, 6) - 0.5, [0.5, 2.5, 4.5, 6.5, 12.5]])[0]
+  assert stats.chi2_contingency(table).pvalue > 1e-3
 
 
 def test_noise_mask_counts_for_many_lengths():
