@@ -5,6 +5,8 @@
 # stage 2 (span corruption only) restores the stage-1 checkpoint at step τ without the generator and RTD head
 # and trains to the total number of steps. `--sweep-tau` runs one such experiment per τ, each in its own dirs:
 #   BUCKET/EXPERIMENT/tau<τ>/stage1   BUCKET/EXPERIMENT/tau<τ>/stage2
+# τ = 0 (or --baseline) is the SC baseline the sweep is compared with: span corruption for all the steps
+# (gin/t5x/runs/sc_baseline.gin) in BUCKET/EXPERIMENT/sc_baseline.
 # Re-running the same command resumes: t5x restores the latest checkpoint in each model dir.
 set -euo pipefail
 
@@ -20,7 +22,7 @@ usage() {
 Usage: $PROG --project P --zone Z --accelerator-type T --bucket gs://B (--repo-url URL | --tarball FILE) [options]
 
 Creates (or reuses) a Cloud TPU VM / pod slice, installs spactor with t5x on every worker and runs the two
-SpacTor stages with \`python -m t5x.train\` on all workers at once (--worker=all).
+SpacTor stages with \`python -m t5x.train\` on all workers at once (--worker=all). τ = 0 runs the SC baseline.
 
 Required:
   --project ID            Google Cloud project.
@@ -32,18 +34,23 @@ Required:
 
 Experiment:
   --model-size S          tiny, small, base or large (T5.1.0 shapes, paper Table 5). Default: base.
-  --tau N                 Stage-1 steps τ (integer, 0 < τ < total steps). Default: 120000.
-  --sweep-tau N1,N2,...   One experiment per τ (overrides --tau), e.g. 60000,120000,250000.
+  --tau N                 Stage-1 steps τ (integer, 0 <= τ < total steps; 0 = the SC baseline). Default: 120000.
+  --sweep-tau N1,N2,...   One experiment per τ (overrides --tau), e.g. 0,60000,120000,250000.
+  --baseline              Also run the SC baseline (τ = 0: span corruption for all the steps, in
+                          BUCKET/EXPERIMENT/sc_baseline), first; the same as a 0 in --sweep-tau.
   --total-steps N         Total steps of stage 1 + stage 2. Default: 1000000.
   --lambda1 X             Weight λ1 of the RTD loss. Default: 10.
-  --lambda2 X             Weight λ2 of the span-corruption loss in stage 1. Default: 10.
+  --lambda2 X             Weight λ2 of the span-corruption loss in stage 1 (stage 2 trains on λ2·L_SC, keeping
+                          the SC term's scale across τ: gin/t5x/runs/spactor_stage2.gin). Default: 10.
   --mlm-ratio X           Fraction of the remaining tokens masked for the generator, in (0, 1).
                           Default: 0.2 for large, 0.15 otherwise (paper Table 5).
-  --corpus NAME           Task corpus: tasks spactor_hybrid_NAME and spactor_sc_NAME. Default: c4.
+  --corpus NAME           Task corpus: tasks spactor_hybrid_NAME and spactor_sc_NAME (the model takes their
+                          vocabulary: T5's for c4, the embedded one for sotu). Default: c4.
   --batch-size N          Global batch size. Default: 2048.
   --experiment NAME       Directory name under the bucket. Default: spactor-<model size>.
   --tfds-data-dir gs://D  Where the TFDS datasets (c4/en) are prepared; passed to t5x.train.
-  --gin NAME=VALUE        Extra gin binding for both stages (repeatable), e.g. --gin PjitPartitioner.num_partitions=2
+  --gin NAME=VALUE        Extra gin binding for every t5x.train run (repeatable, passed as --gin.NAME=VALUE),
+                          e.g. --gin PjitPartitioner.num_partitions=2
 
 TPU VM:
   --tpu-name NAME         TPU VM name; reused when it exists. Default: spactor-<accelerator type>.
@@ -82,6 +89,7 @@ run() {  # prints (dry run) or runs one command
 }
 
 PROJECT= ZONE= ACCEL= BUCKET= REPO_URL= TARBALL= BRANCH=main TPU_NAME= RUNTIME= SPOT=0 SKIP_INSTALL=0 DETACH=0
+BASELINE=0
 MODEL_SIZE=base TAU=120000 SWEEP= TOTAL_STEPS=1000000 LAMBDA1=10 LAMBDA2=10 MLM_RATIO= CORPUS=c4 BATCH_SIZE=2048
 EXPERIMENT= TFDS_DATA_DIR=
 EXTRA_GIN=()
@@ -94,6 +102,7 @@ while (( $# )); do
     --spot) SPOT=1; shift; continue ;;
     --skip-install) SKIP_INSTALL=1; shift; continue ;;
     --detach) DETACH=1; shift; continue ;;
+    --baseline) BASELINE=1; shift; continue ;;
   esac
   if [[ $opt == --*=* ]]; then val=${opt#*=}; opt=${opt%%=*}; shift
   else
@@ -157,12 +166,13 @@ if [[ -n $SWEEP ]]; then IFS=, read -r -a TAUS <<< "$SWEEP"; else TAUS=("$TAU");
 declare -A seen=()
 for i in "${!TAUS[@]}"; do
   t=${TAUS[$i]}
-  is_uint "$t" || die "τ must be a positive integer, got '$t'"
+  [[ $t =~ ^[0-9]+$ ]] || die "τ must be a non-negative integer (0 = the SC baseline), got '$t'"
   t=$((10#$t)); TAUS[$i]=$t
   (( t < 10#$TOTAL_STEPS )) || die "τ=$t must be less than --total-steps=$TOTAL_STEPS"
   [[ -z ${seen[$t]:-} ]] || die "τ=$t given twice in --sweep-tau"
   seen[$t]=1
 done
+(( ! BASELINE )) || [[ -n ${seen[0]:-} ]] || TAUS=(0 "${TAUS[@]}")
 TOTAL_STEPS=$((10#$TOTAL_STEPS))
 
 [[ -n $TPU_NAME ]] || TPU_NAME="spactor-${ACCEL}"
@@ -181,6 +191,7 @@ ssh_all() { run gcloud compute tpus tpu-vm ssh "$TPU_NAME" "${GCLOUD_LOC[@]}" --
 
 # ---- the t5x.train command lines ----------------------------------------------------------------------------
 exp_dir() { echo "$BUCKET/$EXPERIMENT/tau$1"; }
+baseline_dir() { echo "$BUCKET/$EXPERIMENT/sc_baseline"; }
 common_flags() {
   local flags=(--gin.BATCH_SIZE="$BATCH_SIZE")
   [[ -z $TFDS_DATA_DIR ]] || flags+=(--tfds_data_dir="$TFDS_DATA_DIR")
@@ -193,7 +204,7 @@ stage1_cmd() {  # τ
     --gin_file=gin/t5x/runs/spactor_stage1.gin \
     --gin.MODEL_DIR="'$(exp_dir "$1")/stage1'" \
     --gin.MIXTURE_OR_TASK_NAME="'spactor_hybrid_${CORPUS}'" \
-    --gin.TRAIN_STEPS="$1" \
+    --gin.TAU="$1" \
     --gin.LAMBDA1="$LAMBDA1" \
     --gin.LAMBDA2="$LAMBDA2" \
     --gin.MLM_RATIO="$MLM_RATIO") $(common_flags)"
@@ -205,7 +216,20 @@ stage2_cmd() {  # τ
     --gin.MODEL_DIR="'$(exp_dir "$1")/stage2'" \
     --gin.MIXTURE_OR_TASK_NAME="'spactor_sc_${CORPUS}'" \
     --gin.TRAIN_STEPS="$TOTAL_STEPS" \
-    --gin.STAGE1_CHECKPOINT="'$(exp_dir "$1")/stage1/checkpoint_$1'") $(common_flags)"
+    --gin.TAU="$1" \
+    --gin.STAGE1_DIR="'$(exp_dir "$1")/stage1'" \
+    --gin.LAMBDA2="$LAMBDA2") $(common_flags)"
+}
+baseline_cmd() {
+  echo "python3 -m t5x.train $(join_quoted \
+    --gin_file="gin/t5x/models/t5_1_0_${MODEL_SIZE}.gin" \
+    --gin_file=gin/t5x/runs/sc_baseline.gin \
+    --gin.MODEL_DIR="'$(baseline_dir)'" \
+    --gin.MIXTURE_OR_TASK_NAME="'spactor_sc_${CORPUS}'" \
+    --gin.TRAIN_STEPS="$TOTAL_STEPS") $(common_flags)"
+}
+runs_of() {  # τ: the t5x.train command lines of its experiment, one a line
+  if (( $1 == 0 )); then baseline_cmd; else stage1_cmd "$1"; stage2_cmd "$1"; fi
 }
 
 # ---- 1. TPU VM ----------------------------------------------------------------------------------------------
@@ -235,16 +259,19 @@ if (( ! SKIP_INSTALL )); then
   ssh_all "set -e; $fetch && cd ~/spactor && python3 -m pip install -U pip && python3 -m pip install -e '.[tpu]' && python3 -m pip install --no-deps $(join_quoted "${T5X_GIT[@]}") && python3 -m pip install $(join_quoted "${T5X_DEPS[@]}")"
 fi
 
-# ---- 3. the two stages, once per τ --------------------------------------------------------------------------
+# ---- 3. the two stages, once per τ (τ = 0: the SC baseline) -------------------------------------------------
 if (( DETACH )); then
   chain="cd ~/spactor"
-  for t in "${TAUS[@]}"; do chain+=" && $(stage1_cmd "$t") && $(stage2_cmd "$t")"; done
+  for t in "${TAUS[@]}"; do mapfile -t cmds < <(runs_of "$t"); for cmd in "${cmds[@]}"; do chain+=" && $cmd"; done; done
   (( DRY_RUN )) && echo "# all experiments in the background; log in ~/spactor-logs/$EXPERIMENT.log on each worker"
   ssh_all "mkdir -p ~/spactor-logs && nohup bash -c $(q "$chain") > ~/spactor-logs/$(q "$EXPERIMENT").log 2>&1 < /dev/null &"
 else
   for t in "${TAUS[@]}"; do
-    (( DRY_RUN )) && echo "# τ=$t: stage 1 (SpacTor) to step $t, then stage 2 (span corruption) to step $TOTAL_STEPS"
-    ssh_all "cd ~/spactor && $(stage1_cmd "$t")"
-    ssh_all "cd ~/spactor && $(stage2_cmd "$t")"
+    if (( DRY_RUN )); then
+      if (( t == 0 )); then echo "# τ=0: the SC baseline (span corruption) to step $TOTAL_STEPS"
+      else echo "# τ=$t: stage 1 (SpacTor) to step $t, then stage 2 (span corruption) to step $TOTAL_STEPS"; fi
+    fi
+    mapfile -t cmds < <(runs_of "$t")  # an array, not a read loop: ssh would read the loop's stdin
+    for cmd in "${cmds[@]}"; do ssh_all "cd ~/spactor && $cmd"; done
   done
 fi

@@ -11,6 +11,7 @@ scoring. What SpacTor defines itself is the same code in both cases: `loss_fn` (
 spactor.stages, metrics as clu metrics), `get_initial_variables` (every submodule, with `params_axes`) and the
 feature converter.
 """
+import functools
 import importlib.util
 from typing import Any, Callable, Mapping, Optional
 
@@ -140,6 +141,25 @@ def clu_metrics_from(loss: jnp.ndarray, raw: Mapping[str, jnp.ndarray], num_exam
   return metrics
 
 
+@functools.lru_cache(maxsize=None)
+def max_mlm_positions(length: int, mlm_ratio: float, packed: bool) -> int:
+  """The most [M] positions a row of `length` tokens can hold: a static bound for the generator's projection.
+
+  spactor.preprocessors.mask_tokens masks round(ratio·n) of an example's n eligible tokens, and every example
+  also holds an EOS, so it is at least n + 1 tokens long. One example per row: round(ratio·(length - 1)). Packed
+  rows (t5x packs pre-training data) hold several examples, each rounded on its own (twenty 5-token examples
+  with 4 eligible tokens each are 20% [M] at ratio 0.15): the best packing, found by dynamic programming.
+  """
+  if not 0.0 <= mlm_ratio < 1.0:
+    raise ValueError(f'mlm_ratio must be in [0, 1), got {mlm_ratio!r}')
+  if not packed:
+    return max(1, round(mlm_ratio * (length - 1)))
+  most = [0] * (length + 1)  # most[c]: the most [M] in c tokens of whole examples
+  for c in range(2, length + 1):
+    most[c] = max(most[c - 1], max(most[c - n - 1] + round(mlm_ratio * n) for n in range(1, c)))
+  return max(1, most[length])
+
+
 class SCModel(_Base):
   """T5 trained with span corruption: the SC baseline, stage 2, fine-tuning and evaluation."""
 
@@ -201,12 +221,17 @@ class SpacTorModel(SCModel):
   def __init__(self, module, input_vocabulary: seqio.Vocabulary, output_vocabulary: seqio.Vocabulary,
                optimizer_def: Any, decode_fn: Optional[Callable] = None,
                feature_converter_cls: Optional[Callable[..., seqio.FeatureConverter]] = None, z_loss: float = 1e-4,
-               lambda1: float = 10.0, lambda2: float = 10.0,
+               lambda1: float = 10.0, lambda2: float = 10.0, mlm_ratio: Optional[float] = None,
                loss_normalization: str = objectives.PAPER_NORMALIZATION):
-    """As SCModel, plus λ1 (RTD weight) and λ2 (SC weight) of Eq. 9."""
+    """As SCModel, plus λ1 (RTD weight) and λ2 (SC weight) of Eq. 9.
+
+    mlm_ratio: the data's MLM ratio (MLM_RATIO); the generator then projects only a row's [M] positions to the
+    vocabulary (max_mlm_positions), as the project's trainer does. None projects every position (same result).
+    """
     if module.generator is None or module.rtd_head is None:
       raise ValueError('SpacTorModel needs a SpacTor module with a generator and an RTD head')
     self.weights = stages.HybridWeights(lambda1, lambda2)
+    self.mlm_ratio = mlm_ratio
     super().__init__(module=module, input_vocabulary=input_vocabulary, output_vocabulary=output_vocabulary,
                      optimizer_def=optimizer_def, decode_fn=decode_fn, feature_converter_cls=feature_converter_cls,
                      z_loss=z_loss, loss_normalization=loss_normalization)
@@ -221,5 +246,8 @@ class SpacTorModel(SCModel):
   def _objective(self, params, batch, rng, enable_dropout):
     vocab = self.output_vocabulary
     allowed = objectives.allowed_generator_ids(self.module.config.vocab_size, vocab.vocab_size - vocab.extra_ids)
+    k = None if self.mlm_ratio is None else max_mlm_positions(
+        batch['encoder_input_tokens'].shape[1], self.mlm_ratio, packed='encoder_segment_ids' in batch)
     return stages.hybrid_loss(self.module, params, batch, rng, enable_dropout, weights=self.weights,
-                              allowed_ids=allowed, z_loss=self._z_loss, normalization=self._normalization)
+                              allowed_ids=allowed, z_loss=self._z_loss, normalization=self._normalization,
+                              max_predictions=k)

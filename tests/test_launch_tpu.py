@@ -49,15 +49,21 @@ def train_runs(cmds):
 def stage1(tau, size='base', bucket='gs://bkt/runs', exp='spactor-base', l1='10', l2='10', mlm='0.15'):
   return ['python3', '-m', 't5x.train', f'--gin_file=gin/t5x/models/t5_1_0_{size}_spactor.gin',
           '--gin_file=gin/t5x/runs/spactor_stage1.gin', f"--gin.MODEL_DIR='{bucket}/{exp}/tau{tau}/stage1'",
-          "--gin.MIXTURE_OR_TASK_NAME='spactor_hybrid_c4'", f'--gin.TRAIN_STEPS={tau}',
+          "--gin.MIXTURE_OR_TASK_NAME='spactor_hybrid_c4'", f'--gin.TAU={tau}',
           f'--gin.LAMBDA1={l1}', f'--gin.LAMBDA2={l2}', f'--gin.MLM_RATIO={mlm}', '--gin.BATCH_SIZE=2048']
 
 
-def stage2(tau, total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor-base'):
+def stage2(tau, total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor-base', l2='10'):
   return ['python3', '-m', 't5x.train', f'--gin_file=gin/t5x/models/t5_1_0_{size}.gin',
           '--gin_file=gin/t5x/runs/spactor_stage2.gin', f"--gin.MODEL_DIR='{bucket}/{exp}/tau{tau}/stage2'",
-          "--gin.MIXTURE_OR_TASK_NAME='spactor_sc_c4'", f'--gin.TRAIN_STEPS={total}',
-          f"--gin.STAGE1_CHECKPOINT='{bucket}/{exp}/tau{tau}/stage1/checkpoint_{tau}'", '--gin.BATCH_SIZE=2048']
+          "--gin.MIXTURE_OR_TASK_NAME='spactor_sc_c4'", f'--gin.TRAIN_STEPS={total}', f'--gin.TAU={tau}',
+          f"--gin.STAGE1_DIR='{bucket}/{exp}/tau{tau}/stage1'", f'--gin.LAMBDA2={l2}', '--gin.BATCH_SIZE=2048']
+
+
+def baseline(total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor-base', corpus='c4'):
+  return ['python3', '-m', 't5x.train', f'--gin_file=gin/t5x/models/t5_1_0_{size}.gin',
+          '--gin_file=gin/t5x/runs/sc_baseline.gin', f"--gin.MODEL_DIR='{bucket}/{exp}/sc_baseline'",
+          f"--gin.MIXTURE_OR_TASK_NAME='spactor_sc_{corpus}'", f'--gin.TRAIN_STEPS={total}', '--gin.BATCH_SIZE=2048']
 
 
 def test_default_run_creates_installs_and_runs_both_stages():
@@ -84,7 +90,7 @@ def test_overrides_reach_both_stages():
   s1, s2 = train_runs(cmds)
   # Table 5: large masks 20% for the generator by default.
   assert s1 == stage1(250000, 'large', exp='abl', l1='50', l2='2.5', mlm='0.2') + extra
-  assert s2 == stage2(250000, 500000, 'large', exp='abl') + extra
+  assert s2 == stage2(250000, 500000, 'large', exp='abl', l2='2.5') + extra
 
 
 def test_sweep_tau_runs_one_experiment_per_tau_with_distinct_dirs():
@@ -96,6 +102,17 @@ def test_sweep_tau_runs_one_experiment_per_tau_with_distinct_dirs():
   assert runs == expected
   model_dirs = [a for run in runs for a in run if a.startswith('--gin.MODEL_DIR=')]
   assert len(set(model_dirs)) == 6
+
+
+def test_the_sc_baseline_runs_with_baseline_or_tau_0_in_its_own_dir():
+  runs = train_runs(dry_run(*REQUIRED, '--sweep-tau', '60000,120000', '--baseline', '--corpus', 'sotu'))
+  sotu = lambda run: [a.replace("_c4'", "_sotu'") for a in run]
+  assert runs == [baseline(corpus='sotu'), sotu(stage1(60000)), sotu(stage2(60000)), sotu(stage1(120000)),
+                  sotu(stage2(120000))]
+  # A 0 in the sweep is the same baseline, where it stands; --baseline then adds nothing.
+  runs = train_runs(dry_run(*REQUIRED, '--sweep-tau', '120000,0', '--total-steps', '200000', '--baseline'))
+  assert runs == [stage1(120000), stage2(120000, 200000), baseline(200000)]
+  assert train_runs(dry_run(*REQUIRED, '--tau', '0')) == [baseline()]
 
 
 def test_tarball_is_copied_and_detach_chains_everything_in_one_background_job():
@@ -138,9 +155,10 @@ def test_help_documents_every_option():
 @pytest.mark.parametrize('args, message', [
     ([], 'missing required option(s): --project, --zone, --accelerator-type, --bucket, --repo-url or --tarball'),
     (REQUIRED[:4], 'missing required option(s): --accelerator-type, --bucket, --repo-url or --tarball'),
-    (REQUIRED + ['--tau', '12.5'], "τ must be a positive integer, got '12.5'"),
-    (REQUIRED + ['--tau', '0'], "τ must be a positive integer, got '0'"),
-    (REQUIRED + ['--sweep-tau', '60000,abc'], "τ must be a positive integer, got 'abc'"),
+    (REQUIRED + ['--tau', '12.5'], "τ must be a non-negative integer (0 = the SC baseline), got '12.5'"),
+    (REQUIRED + ['--tau', '-5'], "τ must be a non-negative integer (0 = the SC baseline), got '-5'"),
+    (REQUIRED + ['--sweep-tau', '60000,abc'], "τ must be a non-negative integer (0 = the SC baseline), got 'abc'"),
+    (REQUIRED + ['--sweep-tau', '0,00'], 'τ=0 given twice'),
     (REQUIRED + ['--tau', '2000000'], 'τ=2000000 must be less than --total-steps=1000000'),
     (REQUIRED + ['--sweep-tau', '100,100'], 'τ=100 given twice'),
     (REQUIRED + ['--total-steps', '1e6'], "--total-steps must be a positive integer, got '1e6'"),

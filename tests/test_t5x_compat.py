@@ -3,11 +3,14 @@
 The expected interface is copied from t5x's source at commit cc342d419ec3e3e9c4bf1df33c82330cafdc1e16
 (t5x/models.py: BaseModel, EncoderDecoderModel; t5x/adafactor.py: standard_logical_factor_rules). With t5x
 installed the gin files are parsed against t5x's own gin files; without it (CI) t5x's names are skipped and its
-included files are empty stand-ins.
+included files are empty stand-ins. t5x's binaries (`__main__.train` of `python -m t5x.train`, `__main__.evaluate`
+of t5x.eval) are stood in by functions that return the arguments gin gives them.
 """
 import glob
 import inspect
+import itertools
 import os
+import sys
 
 import clu.metrics
 import gin
@@ -17,7 +20,7 @@ import numpy as np
 import pytest
 import seqio
 
-from spactor import config, model, objectives, preprocessors, t5x_models, vocab
+from spactor import config, model, objectives, preprocessors, t5x_gin, t5x_models, vocab
 from spactor.feature_converters import SpacTorFeatureConverter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,10 +42,9 @@ BASE_MODEL_METHODS = {
 T5X_FACTOR_RULE_NAMES = {'vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'relpos_buckets', 'layers', 'stack',
                          'q_wi_fused', 'o_wo_fused', 'multiquery_heads', 'kv_fused', 'layer_norm_scale',
                          'mlp_activations'}
-# Names in gin/t5x/ that only t5x's binaries define (train_script = t5x.train's __main__), and the rest of t5x's.
-BINARY_NAMES = ['train_script.train', 'eval_script.evaluate']
-T5X_NAMES = BINARY_NAMES + ['adafactor.Adafactor', 'adafactor.standard_logical_factor_rules',
-                            'utils.RestoreCheckpointConfig', 'utils.SaveCheckpointConfig']
+# t5x's names in gin/t5x/, skipped in CI (t5x's binaries are stood in: see `parse`).
+T5X_NAMES = ['adafactor.Adafactor', 'adafactor.standard_logical_factor_rules', 'utils.RestoreCheckpointConfig',
+             'utils.SaveCheckpointConfig']
 
 B, L, T = 2, 24, 8
 
@@ -242,9 +244,28 @@ def _tiny_vocabulary():
   return _VOCABULARY['tiny']
 
 
+def _binary(name):
+  """A stand-in for the function `name` of a t5x binary's __main__ (t5x.train: train, t5x.eval: evaluate)."""
+  def binary(**kwargs):
+    return kwargs
+  binary.__name__ = binary.__qualname__ = name
+  binary.__module__ = '__main__'
+  return binary
+
+
+# gin-configurable as the binaries make them (t5x/train.py: `train_using_gin = gin.configurable(train)`).
+_BINARIES = {name: _binary(name) for name in ('train', 'evaluate')}
+TRAIN, EVALUATE = (gin.configurable(f) for f in _BINARIES.values())
+
+
 @pytest.fixture
-def parse(tmp_path, vocabulary):
-  """parse(files, bindings) with t5x's gin files (or empty stand-ins in CI) and t5x's names skipped."""
+def parse(tmp_path, vocabulary, monkeypatch):
+  """parse(files, bindings) with t5x's gin files (or empty stand-ins in CI) and t5x's names skipped.
+
+  TRAIN() / EVALUATE() then return the arguments t5x.train's train / t5x.eval's evaluate would get.
+  """
+  for name, function in _BINARIES.items():
+    monkeypatch.setattr(sys.modules['__main__'], name, function, raising=False)
   if t5x_models.HAS_T5X:
     import t5x  # pylint: disable=g-import-not-at-top
     t5x_dir = os.path.dirname(os.path.dirname(t5x.__file__))
@@ -258,7 +279,7 @@ def parse(tmp_path, vocabulary):
     gin.clear_config()
     for path in (ROOT, t5x_dir):
       gin.add_config_file_search_path(path)
-    skip = BINARY_NAMES if t5x_models.HAS_T5X else T5X_NAMES
+    skip = [] if t5x_models.HAS_T5X else T5X_NAMES
     gin.parse_config_files_and_bindings(files, list(bindings), skip_unknown=skip)
 
   _VOCABULARY['tiny'] = vocabulary
@@ -301,8 +322,8 @@ RUN_FILES = ['spactor_stage1', 'spactor_stage2', 'sc_baseline', 'finetune', 'eva
 RUN_MODEL = {'spactor_stage1': 't5_1_0_base_spactor'}
 # What a user passes on the command line: the %gin.REQUIRED macros of gin/t5x/runs and of t5x's run files.
 COMMAND_LINE = {
-    'spactor_stage1': {'MODEL_DIR': '/tmp/s1', 'TRAIN_STEPS': 50},
-    'spactor_stage2': {'MODEL_DIR': '/tmp/s2', 'TRAIN_STEPS': 100, 'STAGE1_CHECKPOINT': '/tmp/s1/checkpoint_50'},
+    'spactor_stage1': {'MODEL_DIR': '/tmp/s1', 'TAU': 50},
+    'spactor_stage2': {'MODEL_DIR': '/tmp/s2', 'TRAIN_STEPS': 100, 'TAU': 50, 'STAGE1_DIR': '/tmp/s1'},
     'sc_baseline': {'MODEL_DIR': '/tmp/sc'},
     'finetune': {'MODEL_DIR': '/tmp/ft', 'TRAIN_STEPS': 150, 'MIXTURE_OR_TASK_NAME': 'spactor_sc_c4',
                  'TASK_FEATURE_LENGTHS': {'inputs': 512, 'targets': 114}, 'MIXTURE_OR_TASK_MODULE': None,
@@ -317,8 +338,14 @@ COMMAND_LINE = {
 def test_run_gin_files_parse_with_their_model(parse, run, cpu):
   model_file = f'gin/t5x/models/{RUN_MODEL.get(run, "t5_1_0_base")}.gin'
   files = [model_file, f'gin/t5x/runs/{run}.gin'] + (['gin/t5x/runs/cpu.gin'] if cpu else [])
-  parse(files, ['OPTIMIZER = None'] + [f'{k} = {v!r}' for k, v in COMMAND_LINE[run].items()])
+  parse(files, ['OPTIMIZER = None', 'VOCABULARY = @_tiny_vocabulary()']
+        + [f'{k} = {v!r}' for k, v in COMMAND_LINE[run].items()])
   query = lambda name: gin.query_parameter(f'{name}/gin.macro.value')
+  if run == 'eval':
+    assert EVALUATE()['output_dir'] == '/tmp/eval'
+  else:
+    steps = {'spactor_stage1': 50, 'spactor_stage2': 100, 'sc_baseline': 1000000, 'finetune': 150}[run]
+    assert TRAIN()['total_steps'] == steps
   if run in ('spactor_stage1', 'spactor_stage2', 'sc_baseline'):
     task = 'spactor_hybrid_c4' if run == 'spactor_stage1' else 'spactor_sc_c4'
     assert query('MIXTURE_OR_TASK_NAME') == task and task in seqio.TaskRegistry.names()  # `import tasks` ran
@@ -335,28 +362,144 @@ def test_run_gin_files_parse_with_their_model(parse, run, cpu):
     assert query('ACTIVATION_DTYPE') == 'float32'
 
 
+@gin.configurable
+def _value(value=gin.REQUIRED):
+  return value
+
+
+def parse_argv(parse, argv, bindings=('VOCABULARY = @_tiny_vocabulary()',)):
+  """Parses a t5x.train argv as t5x reads it (--gin.X=V -> binding X = V); returns the model it builds."""
+  files = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_file=')]
+  flags = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
+  parse(files, flags + ['OPTIMIZER = None', '_built.model = %MODEL', *bindings])
+  return _built()
+
+
 def test_launch_tpu_overrides_reach_the_model_and_the_data(parse):
-  """The exact t5x.train arguments of launch_tpu.sh, read as t5x reads them (--gin.X=V -> binding X = V)."""
+  """The exact t5x.train arguments of launch_tpu.sh, as t5x reads them."""
   from tests import test_launch_tpu  # pylint: disable=g-import-not-at-top
   cmds = test_launch_tpu.dry_run(*test_launch_tpu.REQUIRED, '--model-size', 'tiny', '--tau', '70', '--total-steps',
-                                 '100', '--lambda1', '3', '--lambda2', '4', '--mlm-ratio', '0.25')
-  stage1, stage2 = test_launch_tpu.train_runs(cmds)
-
-  def parse_argv(argv):
-    files = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_file=')]
-    bindings = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
-    parse(files, bindings + ['OPTIMIZER = None', 'VOCABULARY = @_tiny_vocabulary()', '_built.model = %MODEL'])
-    return _built()
-
+                                 '100', '--lambda1', '3', '--lambda2', '4', '--mlm-ratio', '0.25', '--baseline')
+  baseline, stage1, stage2 = test_launch_tpu.train_runs(cmds)
   query = lambda name: gin.query_parameter(f'{name}/gin.macro.value')
-  m = parse_argv(stage1)
+  m = parse_argv(parse, stage1)
   assert isinstance(m, t5x_models.SpacTorModel) and m.module.config.emb_dim == SIZES['tiny'][0]
-  assert (m.weights.lambda1, m.weights.lambda2) == (3.0, 4.0)
+  assert (m.weights.lambda1, m.weights.lambda2, m.mlm_ratio) == (3.0, 4.0, 0.25)
   assert gin.get_bindings(preprocessors.mlm_mask) == {'mlm_ratio': 0.25}
-  assert (query('TRAIN_STEPS'), query('MIXTURE_OR_TASK_NAME')) == (70, 'spactor_hybrid_c4')
+  assert (TRAIN()['total_steps'], query('MIXTURE_OR_TASK_NAME')) == (70, 'spactor_hybrid_c4')
   assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/tau70/stage1'
-  m = parse_argv(stage2)
+  m = parse_argv(parse, stage2, ['VOCABULARY = @_tiny_vocabulary()', '_value.value = %STAGE1_CHECKPOINT'])
   assert type(m) is t5x_models.SCModel and m.module.generator is None
-  assert (query('TRAIN_STEPS'), query('MIXTURE_OR_TASK_NAME')) == (100, 'spactor_sc_c4')
-  assert query('STAGE1_CHECKPOINT') == 'gs://bkt/runs/spactor-tiny/tau70/stage1/checkpoint_70'
+  assert m._sc_weight == 4.0  # pylint: disable=protected-access  # stage 2 keeps the SC term's stage-1 scale, λ2
+  assert (TRAIN()['total_steps'], query('MIXTURE_OR_TASK_NAME')) == (100, 'spactor_sc_c4')
+  assert _value() == 'gs://bkt/runs/spactor-tiny/tau70/stage1/checkpoint_70'
   assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/tau70/stage2'
+  m = parse_argv(parse, baseline)
+  assert type(m) is t5x_models.SCModel and m.module.generator is None
+  assert (TRAIN()['total_steps'], query('MIXTURE_OR_TASK_NAME')) == (100, 'spactor_sc_c4')
+  assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/sc_baseline'
+
+
+@pytest.mark.parametrize('corpus', ['sotu', 'c4'])
+def test_the_model_takes_the_vocabulary_of_its_task(parse, corpus):
+  """launch_tpu.sh --corpus sotu: the sotu tasks' vocabulary, not the C4 one (lazy: nothing is loaded)."""
+  from tests import test_launch_tpu  # pylint: disable=g-import-not-at-top
+  cmds = test_launch_tpu.dry_run(*test_launch_tpu.REQUIRED, '--corpus', corpus, '--baseline')
+  expected = vocab.sotu_vocabulary() if corpus == 'sotu' else vocab.c4_vocabulary()
+  for argv in test_launch_tpu.train_runs(cmds):
+    files = [a.split('=', 1)[1] for a in argv if a.startswith('--gin_file=')]
+    flags = [a[len('--gin.'):].replace('=', ' = ', 1) for a in argv if a.startswith('--gin.')]
+    parse(files, flags + ['OPTIMIZER = None', '_value.value = %VOCABULARY'])
+    assert _value() == expected, argv
+
+
+def test_task_vocabulary_imports_the_module_and_needs_one_vocabulary():
+  assert t5x_gin.task_vocabulary('spactor_sc_sotu', module='tasks') == vocab.sotu_vocabulary()
+  features = {'inputs': seqio.Feature(vocab.sotu_vocabulary()), 'targets': seqio.Feature(vocab.c4_vocabulary())}
+  seqio.TaskRegistry.add('test_t5x_two_vocabularies', seqio.FunctionDataSource(lambda split, shuffle_files: None,
+                                                                               splits=['train']),
+                         output_features=features)
+  try:
+    with pytest.raises(ValueError, match='different inputs and targets vocabularies'):
+      t5x_gin.task_vocabulary('test_t5x_two_vocabularies')
+  finally:
+    seqio.TaskRegistry.remove('test_t5x_two_vocabularies')
+
+
+# ---- τ under t5x: TAU means τ, or the run stops --------------------------------------------------------------
+def test_tau_is_the_stage_1_length_and_the_stage_2_restore_step(parse):
+  parse_files = parse
+  parse = lambda files, bindings: parse_files(files, bindings + ['OPTIMIZER = None', "MODEL_DIR = '/tmp/m'",
+                                                                 'VOCABULARY = @_tiny_vocabulary()'])
+  stage1 = ['gin/t5x/models/t5_1_0_tiny_spactor.gin', 'gin/t5x/runs/spactor_stage1.gin']
+  for bindings in (['TAU = 70'], ['TRAIN_STEPS = 70'], ['TAU = 70', 'TRAIN_STEPS = 70']):
+    parse(stage1, bindings)
+    assert TRAIN()['total_steps'] == 70, bindings
+  stage2 = ['gin/t5x/models/t5_1_0_tiny.gin', 'gin/t5x/runs/spactor_stage2.gin']
+  for bindings in (["STAGE1_DIR = '/s1/'", 'TAU = 70'], ["STAGE1_CHECKPOINT = '/s1/checkpoint_70'"],
+                   ["STAGE1_CHECKPOINT = '/s1/checkpoint_70'", 'TAU = 70']):
+    parse(stage2, bindings + ['TRAIN_STEPS = 100', '_value.value = %STAGE1_CHECKPOINT'])
+    assert (TRAIN()['total_steps'], _value()) == (100, '/s1/checkpoint_70'), bindings
+  parse(['gin/t5x/models/t5_1_0_tiny.gin', 'gin/t5x/runs/sc_baseline.gin'], ['TAU = 0', 'TRAIN_STEPS = 100'])
+  assert TRAIN()['total_steps'] == 100
+
+
+@pytest.mark.parametrize('run, bindings, message', [
+    ('spactor_stage1', ['TAU = 70', 'TRAIN_STEPS = 100'], 'TAU=70 and TRAIN_STEPS=100 differ'),
+    ('spactor_stage1', [], 'pass --gin.TAU=<τ>'),
+    ('spactor_stage1', ['TAU = 0'], 'TAU=0 is the SC baseline'),
+    ('spactor_stage1', ['TAU = 7.5'], 'TAU must be a non-negative integer'),
+    ('spactor_stage1', ['TAU = -3'], 'TAU must be a non-negative integer'),
+    ('spactor_stage2', ['TAU = 70', 'TRAIN_STEPS = 100'], 'STAGE1_DIR'),
+    ('spactor_stage2', ["STAGE1_DIR = '/s1'", 'TRAIN_STEPS = 100'], 'STAGE1_DIR'),
+    ('spactor_stage2', ["STAGE1_CHECKPOINT = '/s1/checkpoint_50'", 'TAU = 70', 'TRAIN_STEPS = 100'],
+     'the checkpoint of step 50'),
+    ('spactor_stage2', ["STAGE1_DIR = '/s1'", 'TAU = 100', 'TRAIN_STEPS = 100'], 'must be larger'),
+    ('spactor_stage2', ["STAGE1_CHECKPOINT = '/s1/checkpoint_100'", 'TRAIN_STEPS = 60'], 'must be larger'),
+    ('sc_baseline', ['TAU = 5'], 'the SC baseline is τ = 0'),
+    ('finetune', ['TAU = 5'], 'means nothing to fine-tuning'),
+    ('eval', ['TAU = 5'], 'means nothing to evaluation'),
+])
+def test_a_tau_that_would_be_ignored_stops_the_run(parse, run, bindings, message):
+  model = 't5_1_0_tiny_spactor' if run == 'spactor_stage1' else 't5_1_0_tiny'
+  given = {'TAU', 'STAGE1_DIR', 'TRAIN_STEPS'} if run.startswith('spactor_') else {'TAU'}
+  required = {k: v for k, v in COMMAND_LINE[run].items() if k not in given}
+  parse([f'gin/t5x/models/{model}.gin', f'gin/t5x/runs/{run}.gin'],
+        [f'{k} = {v!r}' for k, v in required.items()] + bindings
+        + ['OPTIMIZER = None', 'VOCABULARY = @_tiny_vocabulary()'])
+  with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+    EVALUATE() if run == 'eval' else TRAIN()
+
+
+# ---- the generator projects only the [M] positions -------------------------------------------------------------
+def most_masks_by_enumeration(length, ratio):
+  """The most [M] of any set of examples (n eligible tokens + at least an EOS each) packed into `length` tokens."""
+  def best(room, smallest):
+    return max([0] + [round(ratio * n) + best(room - n - 1, n) for n in range(smallest, room)])
+  return best(length, 1)
+
+
+def test_max_mlm_positions_bounds_every_row_and_is_reached():
+  # One example per row: round(ratio * n) for its n <= length - 1 eligible tokens.
+  assert t5x_models.max_mlm_positions(128, 0.15, packed=False) == 19
+  assert t5x_models.max_mlm_positions(512, 0.15, packed=False) == 77
+  # Packed: twenty 5-token examples of 4 eligible tokens hold 20 [M] in 100 tokens, more than round(0.15 * 100) + 1.
+  assert t5x_models.max_mlm_positions(100, 0.15, packed=True) == 20
+  for length, ratio in itertools.product((6, 11, 17, 24), (0.15, 0.2, 0.3, 0.5)):
+    assert t5x_models.max_mlm_positions(length, ratio, True) == max(1, most_masks_by_enumeration(length, ratio))
+  with pytest.raises(ValueError, match='mlm_ratio'):
+    t5x_models.max_mlm_positions(128, 1.0, packed=False)
+
+
+def test_generator_projects_only_the_mask_positions(vocabulary, batch):
+  full = make(t5x_models.SpacTorModel, vocabulary)
+  gathered = make(t5x_models.SpacTorModel, vocabulary, mlm_ratio=0.45)
+  k = t5x_models.max_mlm_positions(L, 0.45, packed=False)
+  assert k < L and batch['encoder_mlm_mask'].sum(1).max() <= k
+  params = jax.eval_shape(lambda: init(full, batch))['params']  # shapes are all make_jaxpr needs
+  # The generator's projection onto the vocabulary: [B, L, V] for every position, [B, k, V] for the [M] ones.
+  vocab_size = vocab.model_vocab_size(vocabulary)
+  assert f'f32[{B},{L},{vocab_size}]' in str(jax.make_jaxpr(full.loss_fn)(params, batch, None))
+  jaxpr = str(jax.make_jaxpr(gathered.loss_fn)(params, batch, None))
+  assert f'f32[{B},{k},{vocab_size}]' in jaxpr and f'f32[{B},{L},{vocab_size}]' not in jaxpr
+  # The same generator loss is tested in tests/test_stages.py (max_predictions); here: the model passes k.
