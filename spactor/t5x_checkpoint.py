@@ -11,7 +11,8 @@ t5x (checkpoints.py, commit cc342d4) has two on-disk formats of one state dict {
   (OCDBT) of the same state dict.
 Both are read (only `target`; optimizer slots are not needed); the legacy format is written, since it is the one
 of the public releases and t5x restores it with either checkpoint manager. A written checkpoint has no optimizer
-slots: t5x fills them from scratch when restoring with `RestoreCheckpointConfig(fallback_to_scratch=True)`.
+slots: t5x takes them from scratch when restoring with `RestoreCheckpointConfig(fallback_to_scratch=True,
+assignment_map=[('state/param_states.*', None)])` (checked with t5x.train, docs/checkpoints.md).
 
 t5x's examples/t5/network.py param tree equals the project's except for T5.1.1's untied output projection, which
 t5x keeps at `decoder/logits_dense` and the project at the top level (`logits_dense`); checkpoints of this
