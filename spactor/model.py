@@ -163,12 +163,36 @@ def _pad_axis(x: Array, axis: int, size: int, value=0) -> Array:
   return jnp.pad(x, widths, constant_values=value)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_batch(bias: Array, batch: int) -> Array:
+  """[1, ...] -> [batch, ...]; the gradient sums over the batch as a matrix-vector product.
+
+  Autodiff of an implicit broadcast sums the relative-position bias's gradient ([batch, heads, q, k], every layer)
+  with a reduce that XLA:CPU fuses into the softmax gradient and runs slowly; as a dot with a ones vector the same
+  sum takes about half the time of that softmax-plus-reduction (docs/benchmarks.md, section 2).
+  """
+  return jnp.broadcast_to(bias, (batch,) + bias.shape[1:])
+
+
+def _broadcast_batch_fwd(bias: Array, batch: int):
+  return broadcast_batch(bias, batch), None
+
+
+def _broadcast_batch_bwd(batch: int, _, grad: Array):
+  return (jnp.einsum('b,b...->...', jnp.ones((batch,), grad.dtype), grad)[None],)
+
+
+broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
+
+
 def plain_attention(query: Array, key: Array, value: Array, bias: Optional[Array], mask: AttentionMask, dtype,
                     float32_logits: bool = False, dropout_fn: Optional[Callable[[Array], Array]] = None) -> Array:
   """The reference: [b, q, h, d] queries, [b, k, h, d] keys and values, bias [1|b, h, q, k] -> [b, q, h, d]."""
   if float32_logits:
     query, key = query.astype(jnp.float32), key.astype(jnp.float32)
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key)
+  if bias is not None and bias.shape[0] == 1 < logits.shape[0]:
+    bias = broadcast_batch(bias, logits.shape[0])
   for additive in (bias, mask_to_bias(mask.mask, dtype)):
     if additive is not None:
       logits = logits + additive.astype(logits.dtype)
