@@ -182,12 +182,22 @@ def _read_tensors(files: Mapping[str, str], names) -> dict:
 
 
 def _as_float32(f, name: str, path: str) -> np.ndarray:
-  """float32 copy of a tensor; bfloat16 is widened through its bits (numpy has no bfloat16 of its own)."""
-  dtype = f.get_slice(name).get_dtype()
-  if dtype == 'BF16':
-    raise CheckpointError(f'{path}: tensor {name} is bfloat16, which the safetensors numpy API cannot read; '
-                          'save the model in float32 (model.float().save_pretrained(...)) and convert that')
+  """float32 copy of a tensor; bfloat16, which numpy lacks, is read from the file's bytes as ml_dtypes.bfloat16."""
+  if f.get_slice(name).get_dtype() == 'BF16':
+    return _read_bfloat16(path, name)
   return np.asarray(f.get_tensor(name), np.float32)
+
+
+def _read_bfloat16(path: str, name: str) -> np.ndarray:
+  """A bfloat16 tensor by the safetensors layout: u64 header size, JSON header (dtype, shape, data_offsets), data."""
+  import ml_dtypes  # comes with jax
+  with open(path, 'rb') as f:
+    header_size = int.from_bytes(f.read(8), 'little')
+    entry = json.loads(f.read(header_size))[name]
+    start, end = entry['data_offsets']
+    f.seek(8 + header_size + start)
+    data = f.read(end - start)
+  return np.frombuffer(data, ml_dtypes.bfloat16).reshape(entry['shape']).astype(np.float32)
 
 
 def read(directory: str) -> Tuple[dict, T5Config]:

@@ -136,6 +136,24 @@ def test_exported_hf_files_keep_the_original_tensors(tmp_path):
   assert (written['tie_word_embeddings'], written['scale_decoder_outputs']) == (False, False)
 
 
+def test_bfloat16_files_are_read_as_their_float32_values(tmp_path):
+  """A bfloat16 checkpoint (numpy has no bfloat16: safetensors' numpy API cannot read it) reads exactly."""
+  import ml_dtypes
+  from safetensors.numpy import load_file
+  d = copy_fixture('hf4_t5_1_1', tmp_path)
+  tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(os.path.join(d, 'model.safetensors')).items()}
+  header, offset = {'__metadata__': {'format': 'pt'}}, 0
+  for name, tensor in tensors.items():
+    header[name] = {'dtype': 'BF16', 'shape': list(tensor.shape), 'data_offsets': [offset, offset + tensor.nbytes]}
+    offset += tensor.nbytes
+  header_bytes = json.dumps(header).encode()
+  with open(os.path.join(d, 'model.safetensors'), 'wb') as f:
+    f.write(len(header_bytes).to_bytes(8, 'little') + header_bytes + b''.join(t.tobytes() for t in tensors.values()))
+  flat, _ = hf_checkpoint.read(d)
+  np.testing.assert_array_equal(flat['logits_dense/kernel'], tensors['lm_head.weight'].astype(np.float32).T)
+  np.testing.assert_array_equal(flat['token_embedder/embedding'], tensors['shared.weight'].astype(np.float32))
+
+
 def test_transformers5_tied_head_becomes_an_equal_projection():
   flat, config = hf_checkpoint.read(os.path.join(FIXTURES, 'hf5_t5_1_1'))
   assert not config.logits_via_embedding
