@@ -290,11 +290,11 @@ def generate_splits(args):
       raise SystemExit(f"error: --vocab_file is the c4 corpus's vocabulary; --corpus is {args.corpus!r}")
     gin.bind_parameter("c4_vocab_file.path", args.vocab_file)
   vocab = spactor_tasks.vocabulary(args.corpus)
-  t5 = config_lib.t5_preset(args.size, args.version, vocab_size=vocab_lib.model_vocab_size(vocab))
-  module = model_lib.SpacTor(t5)
-  try:
+  try:  # a missing vocabulary, or a checkpoint that is not this model: named in the message
+    t5 = config_lib.t5_preset(args.size, args.version, vocab_size=vocab_lib.model_vocab_size(vocab))
+    module = model_lib.SpacTor(t5)
     params, step = params_lib.restore_t5_params(args.checkpoint_dir, module, args.checkpoint_step)
-  except (ValueError, FileNotFoundError) as e:  # a checkpoint that is not this model: named in the message
+  except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"error: {e}") from None
   raw_length = ssr_tasks.raw_length_for(args.inputs_length, args.noise_density, args.mean_span_length)
   splits = args.split.split(",")
