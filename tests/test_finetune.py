@@ -146,17 +146,20 @@ def test_bad_input_is_named(task, tmp_path):
   assert not os.path.exists(tmp_path / 'b' / 'metrics.jsonl')
 
 
-def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab):
-  module = model_lib.SpacTor(tiny_t5())
-  tokens = jnp.ones((1, 8), jnp.int32)
-  params = jax.jit(module.init)(jax.random.PRNGKey(0), tokens, tokens, tokens)['params']
-  evaluator = finetune_eval.make_evaluator(TASK, 'validation', {'inputs': 16, 'targets': 4}, None)
-  dataset = evaluator._cached_model_datasets[TASK]  # noqa: SLF001 (what seqio hands its predict_fn)
-  predictions = finetune_eval.make_predict_fn(module, lambda: params, 4, 4)(dataset)
-  assert sorted(i for i, _ in predictions) == list(range(6))  # 6 examples in batches of 4: padding dropped
-  assert all(0 < len(p) <= 4 and (p[-1] == 1 or len(p) == 4) and 1 not in p[:-1] for _, p in predictions)
-  scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
-  assert len(scores) == 6 and all(s < 0 for _, s in scores)
+def test_the_command_line_names_a_bad_setting_in_one_paragraph(tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  model_dir = tmp_path / 'run'
+  argv = ['--gin_file=gin/finetune/rt_polarity.gin', '--gin_file=gin/finetune/cpu.gin',
+          f'--gin.MODEL_DIR={str(model_dir)!r}', '--gin.INIT_CHECKPOINT=None']
+  try:
+    for binding, message in (('--gin.BEAM_SIZE=0', 'beam_size must be a positive int'),
+                             ('--gin.BEAM_SIZ=2', 'did you mean BEAM_SIZE?')):
+      with pytest.raises(SystemExit) as exit_info:
+        finetune.main([*argv, binding])
+      assert message in str(exit_info.value) and '\n' not in str(exit_info.value)
+  finally:
+    gin.clear_config()
+  assert not model_dir.exists()
 
 
 REQUIRED = ["MODEL_DIR = '/tmp/unused'", 'INIT_CHECKPOINT = None']
@@ -180,3 +183,16 @@ def test_every_finetune_gin_file_builds_its_config(files, bindings, monkeypatch)
     assert config.model.emb_dim == 768 and config.total_steps == 262144
   else:  # the CPU layer: the tiny model of `make demo`
     assert (config.model.emb_dim, config.batch_size, config.task) == (128, 32, 'spactor_rt_polarity')
+
+
+def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab, tmp_path):
+  module = model_lib.SpacTor(finetune.model_config(_config(tmp_path), tiny_vocab))  # the runs' (compiled) model
+  tokens = jnp.ones((1, 8), jnp.int32)
+  params = jax.jit(module.init)(jax.random.PRNGKey(0), tokens, tokens, tokens)['params']
+  evaluator = finetune_eval.make_evaluator(TASK, 'validation', {'inputs': 16, 'targets': 4}, None)
+  dataset = evaluator._cached_model_datasets[TASK]  # noqa: SLF001 (what seqio hands its predict_fn)
+  predictions = finetune_eval.make_predict_fn(module, lambda: params, 4, 4)(dataset)
+  assert sorted(i for i, _ in predictions) == list(range(6))  # 6 examples in batches of 4: padding dropped
+  assert all(0 < len(p) <= 4 and (p[-1] == 1 or len(p) == 4) and 1 not in p[:-1] for _, p in predictions)
+  scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
+  assert len(scores) == 6 and all(s < 0 for _, s in scores)
