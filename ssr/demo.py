@@ -122,10 +122,12 @@ def summary_table(runs: dict) -> str:
   rows = [("student before", runs["ssr"]["start_eval"])] + [
       (f"{name} ({run['curriculum']} curriculum)" if run["curriculum"] else name, run["final_eval"])
       for name, run in runs.items()]
-  header = f"{'model':<32} {'val SSR loss':>12} {'val SC loss':>12}"
+  width = max(32, *(len(label) for label, _ in rows))
+  header = f"{'model':<{width}} {'val SSR loss':>12} {'val SC loss':>12}"
   lines = [header, "-" * len(header)]
   for label, ev in rows:
-    lines.append(f"{label:<32} {ev.get('ssr_loss', float('nan')):>12.3f} {ev.get('sc_loss', float('nan')):>12.3f}")
+    lines.append(f"{label:<{width}} {ev.get('ssr_loss', float('nan')):>12.3f} "
+                 f"{ev.get('sc_loss', float('nan')):>12.3f}")
   return "\n".join(lines)
 
 
