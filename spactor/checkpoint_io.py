@@ -151,19 +151,21 @@ ARCHITECTURE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_di
                        'relative_attention_num_buckets', 'relative_attention_max_distance')
 
 
-def check_same_architecture(found: T5Config, wanted: T5Config, source: str, wanted_name: str) -> None:
+def check_same_architecture(found: T5Config, wanted: T5Config, source: str, wanted_name: str,
+                            hint: str = 'Configure the model the checkpoint has (its size, version and vocabulary: '
+                                        'the model gin file, or --size and --version).') -> None:
   """Raises CheckpointError naming every architecture field where the checkpoint differs from what was asked."""
   diffs = [f'{f}: checkpoint {getattr(found, f)!r}, {wanted_name} {getattr(wanted, f)!r}'
            for f in ARCHITECTURE_FIELDS if getattr(found, f) != getattr(wanted, f)]
   if diffs:
-    raise CheckpointError(f'{source} is not {wanted_name}: {"; ".join(diffs)}. Choose the preset that matches the '
-                          'checkpoint (or none: the checkpoint\'s own config is used).')
+    raise CheckpointError(f'{source} is not {wanted_name}: {"; ".join(diffs)}. {hint}')
 
 
 def check_preset(found: T5Config, size: str, version: str, source: str) -> None:
   """A checkpoint must match the requested preset size and version, with the checkpoint's vocabulary size."""
   wanted = config_lib.t5_preset(size, version, vocab_size=found.vocab_size)
-  check_same_architecture(found, wanted, source, f'the preset {size}/{version}')
+  check_same_architecture(found, wanted, source, f'the preset {size}/{version}',
+                          'Choose the preset that matches the checkpoint (or none: its own config is used).')
 
 
 # --- this project's formats ------------------------------------------------------------------------------------
