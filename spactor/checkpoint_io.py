@@ -34,6 +34,9 @@ CONVERTED_META = 'spactor_t5.json'
 CONVERTED_PARAMS = 'params'
 FORMATS = ('converted', 'run', 'hf', 't5x')
 STAGE1_ONLY = ('generator', 'rtd_head')  # top-level keys a stage-1 run has besides the plain T5's
+ARCHITECTURE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
+                       'num_decoder_layers', 'mlp_activations', 'logits_via_embedding',
+                       'relative_attention_num_buckets', 'relative_attention_max_distance')
 
 
 class CheckpointError(ValueError):
@@ -94,7 +97,8 @@ def check_tensors(found: Mapping[str, Tuple[int, ...]], expected: Mapping[str, T
 
 
 def config_to_json(config: T5Config) -> dict:
-  fields = dataclasses.asdict(config)
+  """The architecture only: run settings (dtype, dropout, attention kernel) are the reader's, not the weights'."""
+  fields = {f: getattr(config, f) for f in ARCHITECTURE_FIELDS}
   fields['mlp_activations'] = list(fields['mlp_activations'])
   return fields
 
@@ -144,11 +148,6 @@ def infer_config(shapes: Mapping[str, Tuple[int, ...]], source: str) -> T5Config
                   mlp_activations=('gelu', 'linear') if gated else ('relu',),
                   logits_via_embedding='logits_dense/kernel' not in shapes,
                   relative_attention_num_buckets=num_buckets)
-
-
-ARCHITECTURE_FIELDS = ('vocab_size', 'emb_dim', 'num_heads', 'head_dim', 'mlp_dim', 'num_encoder_layers',
-                       'num_decoder_layers', 'mlp_activations', 'logits_via_embedding',
-                       'relative_attention_num_buckets', 'relative_attention_max_distance')
 
 
 def check_same_architecture(found: T5Config, wanted: T5Config, source: str, wanted_name: str,
