@@ -38,6 +38,8 @@ INDEX_FILE = 'model.safetensors.index.json'
 LAYER_NORM_EPSILON = 1e-6  # the project's LayerNorm
 ACTIVATIONS = {'relu': ('relu',), 'gated-gelu': ('gelu', 'linear')}  # feed_forward_proj -> mlp_activations
 EMBEDDING_COPIES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+# transformers' own _keys_to_ignore_on_load_unexpected: an unused bias some old T5 files carry (e.g. t5-base).
+UNUSED = ('decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight',)
 
 
 def is_hf_dir(path: str) -> bool:
@@ -212,7 +214,7 @@ def read(directory: str) -> Tuple[dict, T5Config]:
     hf_config = json.load(f)
   config = config_from_hf(hf_config, config_path)
   files = _weight_files(directory)
-  found = _shapes_in(files)
+  found = {n: shape for n, shape in _shapes_in(files).items() if n not in UNUSED}
   table = name_table(config)
   expected = hf_shapes(config, expected_shapes(config))
   # transformers 5.x ties an unscaled lm_head to the embedding and then stores none: the embedding is the head.

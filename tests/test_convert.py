@@ -215,6 +215,13 @@ def test_wrong_shape_is_named(tmp_path):
     hf_checkpoint.read(d)
 
 
+def test_unused_cross_attention_bias_of_old_files_is_skipped_as_transformers_does(tmp_path):
+  d = copy_fixture('hf4_t5_1_0', tmp_path)
+  _edit_safetensors(d, lambda t: t.update({hf_checkpoint.UNUSED[0]: np.ones((8, 2), np.float32)}))
+  flat, _ = hf_checkpoint.read(d)
+  assert_same(flat, hf_checkpoint.read(os.path.join(FIXTURES, 'hf4_t5_1_0'))[0])
+
+
 def test_untied_copy_under_a_tied_config_is_refused(tmp_path):
   d = copy_fixture('hf4_t5_1_0', tmp_path)
   _edit_safetensors(d, lambda t: t.update({'lm_head.weight': t['shared.weight'] + 1}))
