@@ -9,7 +9,8 @@ None for the from-scratch baseline. The paper's fine-tuning settings are the def
 of 1e-3, dropout 0.1, batch 128, a fresh optimizer state. Every eval_every steps seqio.Evaluator runs the task's
 metrics on greedy (or beam, BEAM_SIZE > 1) decodes through the KV cache; the metrics go to metrics.jsonl and
 TensorBoard (eval/<task>/<metric>), and the params of the best evaluation by BEST_METRIC are kept in
-MODEL_DIR/best (a run directory of its own). Resume and bad input behave as in pre-training: the loop, the
+MODEL_DIR/best (a run directory of its own; TOTAL_STEPS=0 with INIT_CHECKPOINT=MODEL_DIR/best evaluates it, on
+another EVAL_SPLIT too). Resume and bad input behave as in pre-training: the loop, the
 checkpoints and the command line are the trainer's (spactor.trainer, spactor.checkpointing, spactor.cli).
 """
 import dataclasses
@@ -46,6 +47,7 @@ class FinetuneConfig:
   model: the T5 (default: the gin-bound spactor.config.preset's, as gin/models/*.gin set it); its vocab_size is replaced by the task vocabulary's model
   size and its dropout by dropout_rate. inputs_length / targets_length cut the task's features (train and eval).
   best_metric: a metric of the evaluation ('accuracy', or 'task/metric' for a mixture); None keeps no best.
+  total_steps = 0 evaluates the start checkpoint only (no training step, no checkpoint).
   """
   model_dir: str
   task: str
@@ -74,7 +76,10 @@ class FinetuneConfig:
   num_partitions: int = 1
 
   def __post_init__(self):
-    config_lib.require_positive_fields(self, 'total_steps', 'batch_size', 'inputs_length', 'targets_length',
+    if not isinstance(self.total_steps, int) or self.total_steps < 0:
+      raise UsageError(f'TOTAL_STEPS must be an int >= 0 (0 evaluates INIT_CHECKPOINT only), got '
+                       f'{self.total_steps!r}')
+    config_lib.require_positive_fields(self, 'batch_size', 'inputs_length', 'targets_length',
                                        'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
                                        'num_partitions', 'beam_size')
     for name in ('eval_examples', 'eval_batch_size'):

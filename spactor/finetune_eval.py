@@ -37,12 +37,6 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(x, ((0, rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
 
 
-def until_eos(tokens: np.ndarray) -> list[int]:
-  """A decoded row up to and including EOS (seqio's vocabularies decode up to EOS too)."""
-  row = tokens.tolist()
-  return row[:row.index(beam_search.EOS_ID) + 1] if beam_search.EOS_ID in row else row
-
-
 @functools.lru_cache(maxsize=None)  # one trace per model and setting, across runs in one process (tests, demo)
 def _jitted_decode(module, max_length: int, beam_size: int, alpha: float):
   return jax.jit(functools.partial(beam_search.decode, module, max_length=max_length, beam_size=beam_size,
@@ -58,6 +52,9 @@ def make_predict_fn(module, params_fn: Callable[[], object], batch_size: int, ma
                     alpha: float = 0.6):
   """seqio's predict_fn: (index, decoded tokens) of every example of the eval dataset.
 
+  Each row keeps its full length (0 after EOS, as t5x's): seqio stacks the predictions into one array, and its
+  vocabularies decode up to EOS.
+
   params_fn() gives the params to evaluate at call time (the train loop's current ones).
   """
   decode = _jitted_decode(module, max_length, beam_size, alpha)
@@ -67,7 +64,7 @@ def make_predict_fn(module, params_fn: Callable[[], object], batch_size: int, ma
     params, out = params_fn(), []
     for indices, features in _batches(dataset, batch_size):
       tokens = np.asarray(decode(params, _pad_rows(features['encoder_input_tokens'], batch_size)))
-      out.extend((int(i), until_eos(row)) for i, row in zip(indices, tokens))
+      out.extend((int(i), row.tolist()) for i, row in zip(indices, tokens))
     return out
 
   return predict_fn

@@ -110,6 +110,8 @@ def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exac
   assert resumed['best_eval'] == straight['best_eval'] and resumed['final_eval'] == straight['final_eval']
   best = lambda d: checkpoint_io.load_params(str(d / 'best'), tiny_t5()).params
   jax.tree.map(np.testing.assert_array_equal, best(tmp_path / 'killed'), best(scratch_dir))
+  evaluated = finetune.run(_config(tmp_path / 'evaluated', init=str(scratch_dir / 'best'), steps=0))  # eval only
+  assert evaluated['final_eval'] == straight['best_eval'] and not os.listdir(tmp_path / 'evaluated' / 'checkpoints')
 
   monkeypatch.setattr(finetune, 'run', lambda config: pytest.fail(f'{config.model_dir} was trained again'))
   assert finetune_demo.run_demo(config) == results
@@ -193,6 +195,8 @@ def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab, tmp_
   dataset = evaluator._cached_model_datasets[TASK]  # noqa: SLF001 (what seqio hands its predict_fn)
   predictions = finetune_eval.make_predict_fn(module, lambda: params, 4, 4)(dataset)
   assert sorted(i for i, _ in predictions) == list(range(6))  # 6 examples in batches of 4: padding dropped
-  assert all(0 < len(p) <= 4 and (p[-1] == 1 or len(p) == 4) and 1 not in p[:-1] for _, p in predictions)
+  for _, p in predictions:  # full rows (seqio stacks them): pad only after EOS
+    end = p.index(1) + 1 if 1 in p else len(p)
+    assert len(p) == 4 and 0 not in p[:end] and set(p[end:]) <= {0}
   scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
   assert len(scores) == 6 and all(s < 0 for _, s in scores)
