@@ -1,6 +1,7 @@
 """Every gin file of gin/ssr parses into its config, with the paper's settings and the CPU override."""
 import gin
 import pytest
+import seqio
 
 from spactor import config as config_lib
 from spactor import cli, train
@@ -66,3 +67,21 @@ def test_demo_student_is_smaller_than_its_generator(monkeypatch):
     assert (run.tau, run.corpus, run.inputs_length) == (0, "sotu", 128)  # span corruption on the embedded corpus
   assert (generator.emb_dim, student.emb_dim) == (128, 64)  # tiny and micro
   assert student.mlp_dim < generator.mlp_dim and student.num_heads < generator.num_heads
+
+
+@pytest.mark.parametrize("gin_file, task", [("gin/ssr/finetune_squad_qg.gin", "ssr_squad_qg"),
+                                            ("gin/ssr/finetune_gec.gin", "ssr_gec")])
+def test_ssr_format_finetuning_gin(monkeypatch, gin_file, task):
+  from spactor import finetune
+  from ssr import eval_tasks
+  monkeypatch.chdir(continual.os.path.dirname(continual.os.path.dirname(continual.__file__)))
+  try:
+    gec = ['GEC_TRAIN = "a.m2"', 'GEC_VALIDATION = "b.m2"'] if task == "ssr_gec" else []
+    cli.parse_gin([gin_file], ['MODEL_DIR = "/tmp/unused"', "INIT_CHECKPOINT = None", *gec], [])
+    config = finetune.FinetuneConfig()
+    assert config.task == task and task in seqio.TaskRegistry.names()
+    assert config.batch_size == 128 and config.learning_rate == 1e-3  # the project's fine-tuning settings
+    if task == "ssr_gec":
+      assert eval_tasks.gec_m2_files() == {"train": "a.m2", "validation": "b.m2", "test": None}
+  finally:
+    gin.clear_config()
