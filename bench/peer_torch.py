@@ -128,12 +128,12 @@ def torch_worker(spec: dict) -> None:
     command, _, arg = line.strip().partition(' ')
     if command != 'run':
       break
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(int(arg)):
       loss = step()
     sync()
-    print(json.dumps({'seconds': time.perf_counter() - start, 'loss': loss.item(), 'peak_bytes': peak_memory()}),
-          flush=True)
+    print(json.dumps({'seconds': time.perf_counter() - start, 'cpu_seconds': time.process_time() - cpu_start,
+                      'loss': loss.item(), 'peak_bytes': peak_memory()}), flush=True)
   if device == 'cuda':
     torch.cuda.empty_cache()
 
@@ -151,6 +151,7 @@ class TorchPeer:
     if not line.startswith('READY '):
       raise RuntimeError(f'peer worker failed to start: {line!r}')
     self.facts = json.loads(line[len('READY '):])
+    self.cpu_seconds = []  # process CPU seconds per step of each run
 
   def _read(self) -> str:
     while True:
@@ -165,6 +166,7 @@ class TorchPeer:
     self.proc.stdin.flush()
     answer = json.loads(self._read())
     self.facts['peak_bytes'] = answer.get('peak_bytes', 0)
+    self.cpu_seconds.append(answer['cpu_seconds'] / steps)
     return answer['seconds']
 
   def close(self):
@@ -248,11 +250,14 @@ def measure(version: str, size: str, batch: int, inputs: int, vocab, args) -> li
       peer_error = f'peer: {error}'
   runners = {impl: (lambda b=bench: b.run(args.steps)) for impl, bench in ours.items() if not isinstance(bench, str)}
   times = {name: [] for name in runners}
+  cpu_times = {name: [] for name in runners}  # process CPU seconds per step: robust to other jobs' load
   theirs = []
   try:
     for _ in range(args.reps):
       for name, run in runners.items():
+        cpu_start = time.process_time()
         times[name].append(common.time_call(run) / args.steps)
+        cpu_times[name].append((time.process_time() - cpu_start) / args.steps)
       if peer is not None:
         theirs.append(peer.run(args.steps) / args.steps)
   finally:
@@ -276,6 +281,8 @@ def measure(version: str, size: str, batch: int, inputs: int, vocab, args) -> li
         'gflops_per_step': flops_per_step / 1e9,
         'spactor_gflops_per_s': flops_per_step / t_ours / 1e9,
         'hf_torch_gflops_per_s': flops_per_step / t_theirs / 1e9,
+        'spactor_cpu_s_per_step': common.median(cpu_times.get(impl, [])),
+        'hf_torch_cpu_s_per_step': common.median(peer.cpu_seconds[-args.reps:]) if peer else float('nan'),
         'spactor_compile_s': float('nan') if isinstance(bench, str) else bench.compile_seconds,
         'hf_first_step_s': peer.facts['first_step_s'] if peer else float('nan'),
         'hf_mode': ('torch.compile' if args.torch_compile else 'eager') if peer else 'none',
@@ -297,7 +304,8 @@ def measure(version: str, size: str, batch: int, inputs: int, vocab, args) -> li
 
 COLUMNS = ('model', 'batch', 'inputs', 'vocab', 'device', 'dtype', 'attention', 'hf_mode', 'hf_threads',
            'spactor_steps_per_s', 'hf_torch_steps_per_s', 'speedup', 'spactor_tokens_per_s', 'hf_torch_tokens_per_s',
-           'spactor_gflops_per_s', 'spactor_compile_s', 'hf_first_step_s')
+           'spactor_gflops_per_s', 'spactor_cpu_s_per_step', 'hf_torch_cpu_s_per_step', 'spactor_compile_s',
+           'hf_first_step_s')
 
 
 def main(argv=None) -> list[dict]:
@@ -346,7 +354,8 @@ def main(argv=None) -> list[dict]:
   peer = next((row['peer'] for row in rows if row['peer']), {})
   notes = [
       'steps/s and tokens/s (inputs + targets per example) are medians over repetitions taken in turns; '
-      'speedup = HF step time / spactor step time.',
+      'speedup = HF step time / spactor step time. cpu_s_per_step: CPU seconds of each side\'s process per step '
+      '(all its threads; less sensitive than wall time to other jobs, but it counts threads that spin while waiting).',
       f'Both: float32 params, {args.dtype} activations, Adafactor (T5 settings), dropout 0, same synthetic batch.',
   ]
   if peak_tflops(args):

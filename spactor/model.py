@@ -228,6 +228,8 @@ def fused_dot_product_attention(query: Array, key: Array, value: Array, bias: Op
                        ((query, q_pad), (key, k_pad), (value, k_pad)))
   if bias is not None:
     bias = _pad_axis(_pad_axis(bias.astype(compute_dtype), 2, q_pad), 3, k_pad)
+    if implementation == 'xla' and bias.shape[0] == 1 < query.shape[0]:  # cuDNN takes [1, h, q, k] as it is
+      bias = broadcast_batch(bias, query.shape[0])
   if mask.q_lengths is not None:
     masking = dict(query_seq_lengths=mask.q_lengths, key_value_seq_lengths=mask.kv_lengths, is_causal=mask.causal)
   else:
