@@ -187,7 +187,8 @@ def is_damage(error: BaseException) -> bool:
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
-  text = ' '.join(str(error).split())
+  """The error in one line, short: TensorStore appends the whole spec of the array to its messages."""
+  text = ' '.join(str(error).split()).split(' See full TensorStore details')[0]
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
@@ -235,6 +236,8 @@ def model_summary(tree) -> str:
 
 def check_same_tree(directory, step: int, meta: dict, stored, template) -> None:
   """Stops, changing nothing, when the stored state is not the tree of shapes and dtypes this run builds."""
+  if stored is None:  # no item metadata (an older Orbax wrote it): the restore itself will tell
+    return
   differences = tree_differences(stored, template)
   if not differences:
     return

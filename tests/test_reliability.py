@@ -14,7 +14,8 @@ import time
 import gin
 import pytest
 
-from spactor import metrics_io, train
+from spactor import checkpointing, metrics_io, train
+from spactor import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, TAU = 16, 6
@@ -148,6 +149,21 @@ def test_a_rerun_of_a_finished_run_keeps_its_records_and_summary(reference_dir, 
   assert all(row['seqs_per_second'] > 0 for row in after['stages'])
   with open(model_dir / metrics_io.METRICS_FILE) as f:
     assert f.read() == records
+
+
+def test_a_rerun_with_another_model_stops_naming_it_and_keeps_checkpoints_and_history(reference_dir, tmp_path):
+  model_dir = tmp_path / 'run'
+  shutil.copytree(reference_dir, model_dir)
+  listing = sorted(os.listdir(model_dir / 'checkpoints'))
+  with open(model_dir / metrics_io.METRICS_FILE) as f:
+    records = f.read()
+  micro = train.TrainConfig(model_dir=str(model_dir), model=config_lib.preset('micro'), **SETTINGS)
+  with pytest.raises(checkpointing.CheckpointMismatchError) as error:
+    train.run(micro)
+  assert 'embedding (' in str(error.value) and 'in the checkpoint but' in str(error.value)
+  assert sorted(os.listdir(model_dir / 'checkpoints')) == listing  # nothing renamed
+  with open(model_dir / metrics_io.METRICS_FILE) as f:
+    assert f.read() == records  # nothing truncated
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
