@@ -1,4 +1,6 @@
 """SpanBERT span masking (spactor.span_masking): span lengths, budget, whole words, 80/10/10, and the gin hook."""
+import os
+
 import numpy as np
 import pytest
 import seqio
@@ -123,3 +125,24 @@ def test_unknown_strategy_is_named(tiny_vocab):
   features = {'inputs': seqio.Feature(tiny_vocab), 'targets': seqio.Feature(tiny_vocab)}
   with pytest.raises(ValueError, match="MLM_STRATEGY must be one of.*'whole_words'"):
     pp.mlm_mask(tf.data.Dataset.range(1), features, strategy='whole_words')
+
+
+def test_gin_macro_selects_spanbert(tiny_vocab, monkeypatch):
+  """MLM_STRATEGY in the objective's gin file reaches the hybrid task's mlm_mask (default: the paper's tokens)."""
+  import gin
+  calls = []
+  monkeypatch.setattr(sm, 'span_mlm_mask', lambda ds, features, ratio: calls.append(ratio) or ds)
+  features = {'inputs': seqio.Feature(tiny_vocab), 'targets': seqio.Feature(tiny_vocab)}
+  ds = tf.data.Dataset.from_tensors({'inputs': tf.constant([5, 6, 7, 1]), 'targets': tf.constant([5, 1])})
+  objective = os.path.join(os.path.dirname(__file__), '..', 'gin', 'objectives', 'spactor.gin')
+  try:
+    for strategy, expected_calls in (('random_tokens', []), ('spanbert', [0.25])):
+      gin.clear_config()
+      with gin.unlock_config():
+        gin.parse_config_files_and_bindings([objective], ['MLM_RATIO = 0.25', f'MLM_STRATEGY = {strategy!r}'],
+                                            skip_unknown=True)
+      with seqio.map_seed_manager(0):
+        pp.mlm_mask(ds, features)
+      assert calls == expected_calls, strategy
+  finally:
+    gin.clear_config()
