@@ -44,8 +44,9 @@ STAGE = 'finetune'
 class FinetuneConfig:
   """A fine-tuning run. gin/finetune/*.gin binds it; the defaults are the paper's fine-tuning settings.
 
-  model: the T5 (default: the gin-bound spactor.config.preset's, as gin/models/*.gin set it); its vocab_size is replaced by the task vocabulary's model
-  size and its dropout by dropout_rate. inputs_length / targets_length cut the task's features (train and eval).
+  model: the T5 (default: the gin-bound spactor.config.preset's, as gin/models/*.gin set it); its vocab_size is
+  replaced by the task vocabulary's model size and its dropout by dropout_rate. inputs_length / targets_length
+  cut the task's features (train and eval).
   best_metric: a metric of the evaluation ('accuracy', or 'task/metric' for a mixture); None keeps no best.
   total_steps = 0 evaluates the start checkpoint only (no training step, no checkpoint).
   """

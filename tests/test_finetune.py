@@ -34,7 +34,8 @@ def mean_log_likelihood(targets, scores):
 def _dataset_fn(split, shuffle_files, seed=None):
   """Rows of random letters; the target says whether 'a' is among them (learnable, not needed here)."""
   rng = np.random.default_rng({'train': 0, 'validation': 1}[split])
-  texts = [' '.join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for _ in range({'train': 40, 'validation': 6}[split])]
+  size = {'train': 40, 'validation': 6}[split]
+  texts = [' '.join(rng.choice(WORDS, size=int(rng.integers(2, 6)))) for _ in range(size)]
   ds = tf.data.Dataset.from_tensor_slices({'inputs': texts, 'targets': ['yes' if 'a' in t.split() else 'no'
                                                                         for t in texts]})
   return ds.shuffle(40, seed=seed) if shuffle_files else ds
