@@ -32,7 +32,7 @@ def write_run(directory, losses, tau, gflops, seed=None, summary=True, diagnosti
   if summary:
     stages = [{'stage': name, 'gflops_per_step': value} for name, value in gflops.items()]
     with open(os.path.join(directory, 'summary.json'), 'w') as f:
-      json.dump({'tau': tau, 'total_steps': total_steps, 'seed': seed, 'stages': stages}, f)
+      json.dump({'tau': tau, 'total_steps': total_steps, 'preempted': False, 'seed': seed, 'stages': stages}, f)
   return str(directory)
 
 
