@@ -21,11 +21,13 @@ Files written here say `tie_word_embeddings` and `scale_decoder_outputs` alike (
 `lm_head.weight`; true for T5.1.0, without one), which 4.x and 5.x both load as the same model (checked with
 4.57 and 5.24: equal logits).
 """
+import contextlib
 import json
 import os
 from typing import Mapping, Optional, Tuple
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors import numpy as st_numpy
 from safetensors import safe_open
 
@@ -146,12 +148,37 @@ def hf_shapes(config: T5Config, project_shapes: Mapping[str, Tuple[int, ...]]) -
 # --- files ----------------------------------------------------------------------------------------------------
 
 
+def _read_json(path: str) -> dict:
+  """A JSON object from `path`; CheckpointError naming the file when it is unreadable or not a JSON object."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise CheckpointError(f'{path} cannot be read as JSON ({e}); the Hugging Face checkpoint is damaged or '
+                          'incomplete: copy it again') from None
+  if not isinstance(value, dict):
+    raise CheckpointError(f'{path} holds a JSON {type(value).__name__}, not an object: not a Hugging Face file')
+  return value
+
+
+@contextlib.contextmanager
+def _open_safetensors(path: str):
+  """safe_open(path) whose failures (truncated or damaged file, bad header) are a CheckpointError naming it."""
+  try:
+    handle = safe_open(path, framework='np')
+  except (SafetensorError, OSError) as e:
+    raise CheckpointError(f'{path} is not a readable safetensors file ({e}); the checkpoint is damaged or '
+                          'incomplete: copy it again') from None
+  with handle as f:
+    yield f
+
+
+
 def _weight_files(directory: str) -> dict:
   """{tensor name: file} from the index of a sharded checkpoint, else every tensor of model.safetensors."""
   index_path = os.path.join(directory, INDEX_FILE)
   if os.path.isfile(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f).get('weight_map')
+    weight_map = _read_json(index_path).get('weight_map')
     if not isinstance(weight_map, dict):
       raise CheckpointError(f'{index_path} has no weight_map')
     for shard in set(weight_map.values()):
@@ -159,14 +186,14 @@ def _weight_files(directory: str) -> dict:
         raise CheckpointError(f'{index_path} names the shard {shard}, which is not in {directory}')
     return {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
   path = os.path.join(directory, WEIGHTS_FILE)
-  with safe_open(path, framework='np') as f:
+  with _open_safetensors(path) as f:
     return {name: path for name in f.keys()}
 
 
 def _shapes_in(files: Mapping[str, str]) -> dict:
   shapes = {}
   for path in sorted(set(files.values())):
-    with safe_open(path, framework='np') as f:
+    with _open_safetensors(path) as f:
       for name in f.keys():
         if files.get(name) == path:
           shapes[name] = tuple(f.get_slice(name).get_shape())
@@ -176,7 +203,7 @@ def _shapes_in(files: Mapping[str, str]) -> dict:
 def _read_tensors(files: Mapping[str, str], names) -> dict:
   tensors = {}
   for path in sorted({files[n] for n in names}):
-    with safe_open(path, framework='np') as f:
+    with _open_safetensors(path) as f:
       for name in names:
         if files[name] == path:
           tensors[name] = _as_float32(f, name, path)
@@ -210,8 +237,7 @@ def read(directory: str) -> Tuple[dict, T5Config]:
     raise CheckpointError(f'{directory} is not a Hugging Face checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE} '
                           f'or {INDEX_FILE} (a checkpoint with only pytorch_model.bin must be saved again with '
                           'save_pretrained(..., safe_serialization=True) first)')
-  with open(config_path) as f:
-    hf_config = json.load(f)
+  hf_config = _read_json(config_path)
   config = config_from_hf(hf_config, config_path)
   files = _weight_files(directory)
   found = {n: shape for n, shape in _shapes_in(files).items() if n not in UNUSED}

@@ -215,6 +215,21 @@ def test_wrong_shape_is_named(tmp_path):
     hf_checkpoint.read(d)
 
 
+@pytest.mark.parametrize('damaged, message', [
+    ('model.safetensors', r'model\.safetensors is not a readable safetensors file .*copy it again'),
+    ('config.json', r'config\.json cannot be read as JSON .*copy it again')])
+def test_damaged_file_is_named(tmp_path, damaged, message):
+  """A truncated file (an interrupted copy) is one error naming it, not a parser's traceback."""
+  d = copy_fixture('hf4_t5_1_1', tmp_path)
+  path = os.path.join(d, damaged)
+  with open(path, 'rb') as f:
+    head = f.read(40)
+  with open(path, 'wb') as f:
+    f.write(head)
+  with pytest.raises(CheckpointError, match=message):
+    hf_checkpoint.read(d)
+
+
 def test_unused_cross_attention_bias_of_old_files_is_skipped_as_transformers_does(tmp_path):
   d = copy_fixture('hf4_t5_1_0', tmp_path)
   _edit_safetensors(d, lambda t: t.update({hf_checkpoint.UNUSED[0]: np.ones((8, 2), np.float32)}))
