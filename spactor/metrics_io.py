@@ -171,8 +171,15 @@ class ProgressBar:
 # --- summary and plot -------------------------------------------------------------------------------------
 
 
+# The paper's Section 3.2 diagnostics of stage 1 (validation): generator accuracy, share of [M] positions replaced,
+# RTD recall and precision; (summary key, metric).
+STAGE_1_DIAGNOSTICS = (('gen_acc', 'eval/gen_accuracy'), ('replaced', 'eval/replaced'),
+                       ('rtd_recall', 'eval/rtd_recall'), ('rtd_prec', 'eval/rtd_precision'))
+
+
 def stage_summary(records: list[dict[str, Any]], stage: str) -> dict[str, Any]:
-  """The last train loss, the last validation L_SC (clean and noisy) and the step span of one stage."""
+  """The last train loss, the last validation L_SC (clean and noisy), the stage-1 diagnostics when the stage has
+  them, and the step span of one stage."""
   train = [r for r in records if r.get('stage') == stage and 'train/loss' in r]
   evals = [r for r in records if r.get('stage') == stage and 'eval/sc_clean_loss' in r]
   if not train and not evals:
@@ -183,12 +190,14 @@ def stage_summary(records: list[dict[str, Any]], stage: str) -> dict[str, Any]:
       'train_loss': train[-1]['train/loss'] if train else float('nan'),
       'val_sc_clean': last_eval.get('eval/sc_clean_loss', float('nan')),
       'val_sc_noisy': last_eval.get('eval/sc_loss', float('nan')),
+      **{name: last_eval[key] for name, key in STAGE_1_DIAGNOSTICS if key in last_eval},
   }
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
   columns = [('stage', '{}'), ('steps', '{}'), ('train_loss', '{:.3f}'), ('val_sc_clean', '{:.3f}'),
-             ('val_sc_noisy', '{:.3f}'), ('seqs_per_second', '{:.1f}'), ('gflops_per_step', '{:.1f}')]
+             ('val_sc_noisy', '{:.3f}')] + [(name, '{:.3f}') for name, _ in STAGE_1_DIAGNOSTICS] + [
+             ('seqs_per_second', '{:.1f}'), ('gflops_per_step', '{:.1f}')]
   cells = [[c for c, _ in columns]] + [[fmt.format(row.get(c, '')) if row.get(c) is not None else '-'
                                        for c, fmt in columns] for row in rows]
   widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]

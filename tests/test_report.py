@@ -175,3 +175,19 @@ def test_t5x_event_files(tmp_path):
   assert spactor_row['steps_to_target'] == pytest.approx(35.0)  # 5.5 -> 5.0 crosses 5.25 half-way
   assert spactor_row['flops_to_target'] == pytest.approx(20 * hybrid + 15 * sc)
   assert math.isclose(table['baseline_flops'], 40 * sc)
+
+
+def test_demo_table_shows_the_stage_1_diagnostics():
+  """The run's per-stage table (metrics_io.summary_table, printed by the trainer) carries Section 3.2's metrics."""
+  from spactor import metrics_io
+  records = [{'step': 10, 'stage': 'hybrid', 'train/loss': 60.0},
+             {'step': 10, 'stage': 'hybrid', 'eval/sc_clean_loss': 5.0, 'eval/gen_accuracy': 0.25,
+              'eval/replaced': 0.75, 'eval/rtd_recall': 0.5, 'eval/rtd_precision': 0.125},
+             {'step': 20, 'stage': 'sc', 'train/loss': 4.5}, {'step': 20, 'stage': 'sc', 'eval/sc_clean_loss': 4.0}]
+  hybrid, sc = metrics_io.stage_summary(records, 'hybrid'), metrics_io.stage_summary(records, 'sc')
+  assert (hybrid['gen_acc'], hybrid['replaced'], hybrid['rtd_recall'], hybrid['rtd_prec']) == (0.25, 0.75, 0.5, 0.125)
+  assert 'rtd_recall' not in sc
+  table = metrics_io.summary_table([{'stage': 'hybrid', **hybrid}, {'stage': 'sc', **sc}])
+  header, _, hybrid_row, sc_row = table.split('\n')
+  assert header.split()[5:9] == ['gen_acc', 'replaced', 'rtd_recall', 'rtd_prec']
+  assert hybrid_row.split()[5:9] == ['0.250', '0.750', '0.500', '0.125'] and sc_row.split()[5:9] == ['-'] * 4
