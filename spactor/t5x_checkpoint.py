@@ -106,8 +106,12 @@ def _local_spec(spec: Mapping, checkpoint_dir: str) -> dict:
 def _read_legacy_target(checkpoint_dir: str) -> Tuple[dict, Optional[int], dict]:
   """(flat {t5x name: spec or array}, step, {t5x name: shape}) of the msgpack file's `target`."""
   path = os.path.join(checkpoint_dir, MSGPACK_FILE)
-  with open(path, 'rb') as f:
-    contents = serialization.msgpack_restore(f.read())
+  try:
+    with open(path, 'rb') as f:
+      contents = serialization.msgpack_restore(f.read())
+  except (OSError, ValueError) as e:  # msgpack's errors on a truncated or damaged file are ValueErrors
+    raise CheckpointError(f'{path} cannot be read as a t5x msgpack checkpoint ({e}); the checkpoint is damaged or '
+                          'incomplete: copy it again') from None
   if not isinstance(contents, dict):
     raise CheckpointError(f'{path} is not a t5x msgpack checkpoint')
   state = contents.get('optimizer', contents)

@@ -274,6 +274,19 @@ def test_t5x_wrong_shape_is_named_with_its_t5x_name(tmp_path):
     t5x_checkpoint.read(str(tmp_path))
 
 
+def test_t5x_truncated_msgpack_is_named(tmp_path):
+  target, _ = t5x_target('t5_1_1')
+  flat = {t5x_checkpoint.to_project_name(k): v for k, v in target.items()}
+  config = checkpoint_io.infer_config({k: v.shape for k, v in flat.items()}, 'fixture')
+  written = t5x_checkpoint.write(str(tmp_path / 't5x'), flat, config, step=5)
+  msgpack = os.path.join(written, t5x_checkpoint.MSGPACK_FILE)
+  with open(msgpack, 'r+b') as f:
+    f.truncate(100)
+  with pytest.raises(CheckpointError, match=r'checkpoint_5/checkpoint cannot be read as a t5x msgpack checkpoint '
+                                            r'.*copy it again'):
+    t5x_checkpoint.read(str(tmp_path / 't5x'))
+
+
 def test_t5x_refuses_relative_attention_its_network_lacks(tmp_path):
   flat, config = hf_checkpoint.read(os.path.join(FIXTURES, 'hf4_t5_1_1'))  # 8 buckets up to 16
   with pytest.raises(CheckpointError, match='relative_attention_num_buckets is 8.*fixes it to 32'):
