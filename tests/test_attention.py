@@ -133,10 +133,11 @@ def test_cudnn_gets_a_bf16_bias_even_lengths_and_no_dense_mask(monkeypatch):
 
 def test_tpu_flash_kernel_matches_plain_in_interpret_mode():
   from jax.experimental.pallas import tpu as pltpu
-  mask, q_len, k_len, valid = _masks()['cross_packed']
   with pltpu.force_tpu_interpret_mode():
-    _assert_same_function(lambda *a: model_lib.tpu_flash_attention(*a, jnp.float32), mask, q_len, k_len, valid,
-                          dict(rtol=1e-4, atol=1e-4))
+    for name in ('cross_packed', 'decoder_causal_padding'):  # segment ids for padding and packing; causal flag
+      mask, q_len, k_len, valid = _masks()[name]
+      _assert_same_function(lambda *a: model_lib.tpu_flash_attention(*a, jnp.float32), mask, q_len, k_len, valid,
+                            dict(rtol=1e-4, atol=1e-4), name)
 
 
 # --- the whole model ------------------------------------------------------------------------------------------
