@@ -38,6 +38,7 @@ class Run:
   train: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
   downstream: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # task -> final metrics
   kind: str = 'spactor'
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # summary.json's (λ1, λ2, normalization...)
 
   @property
   def hybrid_steps(self) -> float:
@@ -112,7 +113,7 @@ def read_spactor_run(path: str) -> Run:
   tau = summary['tau'] if 'tau' in summary else _tau_from_records(records, gflops)
   seed = summary.get('seed', _seed_from_name(path))
   return Run(path=path, label=default_label(tau), seed=seed, tau=tau, total_steps=summary.get('total_steps'),
-             gflops_per_step=gflops, evals=evals, train=train)
+             gflops_per_step=gflops, evals=evals, train=train, settings=summary.get('settings') or {})
 
 
 def _tau_from_records(records: list[dict], gflops: dict[str, float]) -> Optional[int]:
@@ -237,4 +238,5 @@ def _t5x_tau(path: str, last_hybrid_step: Optional[int]) -> Optional[int]:
 
 def as_json(run: Run) -> dict[str, Any]:
   return {'path': run.path, 'label': run.label, 'seed': run.seed, 'tau': run.tau, 'total_steps': run.total_steps,
-          'kind': run.kind, 'gflops_per_step': run.gflops_per_step, 'downstream': run.downstream}
+          'kind': run.kind, 'gflops_per_step': run.gflops_per_step, 'downstream': run.downstream,
+          'settings': run.settings}
