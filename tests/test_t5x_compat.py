@@ -355,7 +355,7 @@ def test_run_gin_files_parse_with_their_model(parse, run, cpu):
     assert query('BATCH_SIZE') == (8 if cpu else 2048) and query('USE_CACHED_TASKS') is False
     assert query('DROPOUT_RATE') == 0.0
   if run == 'spactor_stage1':
-    assert gin.get_bindings(preprocessors.mlm_mask) == {'mlm_ratio': 0.15}
+    assert gin.get_bindings(preprocessors.mlm_mask) == {'mlm_ratio': 0.15, 'strategy': 'random_tokens'}
   if run == 'finetune':
     assert query('DROPOUT_RATE') == 0.1
   if cpu:
@@ -385,7 +385,10 @@ def test_launch_tpu_overrides_reach_the_model_and_the_data(parse):
   m = parse_argv(parse, stage1)
   assert isinstance(m, t5x_models.SpacTorModel) and m.module.config.emb_dim == SIZES['tiny'][0]
   assert (m.weights.lambda1, m.weights.lambda2, m.mlm_ratio) == (3.0, 4.0, 0.25)
-  assert gin.get_bindings(preprocessors.mlm_mask) == {'mlm_ratio': 0.25}
+  assert gin.get_bindings(preprocessors.mlm_mask) == {'mlm_ratio': 0.25, 'strategy': 'random_tokens'}
+  # MLM_STRATEGY means under t5x what it means in the project's trainer (not a macro nothing reads).
+  parse_argv(parse, stage1 + ["--gin.MLM_STRATEGY='spanbert'"])
+  assert gin.get_bindings(preprocessors.mlm_mask)['strategy'] == 'spanbert'
   assert (TRAIN()['total_steps'], query('MIXTURE_OR_TASK_NAME')) == (70, 'spactor_hybrid_c4')
   assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/tau70/stage1'
   m = parse_argv(parse, stage2, ['VOCABULARY = @_tiny_vocabulary()', '_value.value = %STAGE1_CHECKPOINT'])
