@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUN_DIR ?= runs/demo
+BASELINE_DIR ?= runs/demo-baseline
 # Compiled XLA programs are kept between runs (a restarted demo, repeated test runs compile nothing again).
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/spactor/jax
 
@@ -17,8 +18,11 @@ $(VENV)/.installed: setup.py
 
 env: $(VENV)/.installed
 
+# The SC baseline (τ = 0) with the same steps first, then SpacTor, then the comparison report of the two.
 demo: $(VENV)/.installed
+	$(PY) -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'$(BASELINE_DIR)'" --gin.TAU=0
 	$(PY) -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'$(RUN_DIR)'"
+	$(PY) -m spactor.report $(BASELINE_DIR) $(RUN_DIR) --out $(RUN_DIR)/comparison
 
 # Fine-tunes the `make demo` checkpoint (running the demo first while it has not finished) and a from-scratch model
 # on the embedded downstream task; prints both runs' metrics and writes runs/demo-downstream/results.json.
