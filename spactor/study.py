@@ -52,6 +52,7 @@ class Settings:
   finetune_gin: tuple = ('gin/finetune/rt_polarity.gin', 'gin/finetune/cpu.gin')
   extra_finetune_gin: tuple = ()
   eval_every: Optional[int] = None
+  report_only: bool = False  # write the report and the doc from what has finished; run nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +227,22 @@ def ssr_markdown(rows: list[dict]) -> list[str]:
   return lines
 
 
+def settings_markdown(built: Optional[dict]) -> list[str]:
+  """The objective's settings each label ran with (the runs' summary.json), so the numbers say what made them."""
+  if not built:
+    return []
+  rows = {}
+  for run in built['runs']:
+    rows.setdefault(run['label'], run.get('settings') or {})
+  names = sorted({k for values in rows.values() for k in values})
+  if not names:
+    return []
+  lines = ['| label | ' + ' | '.join(names) + ' |', '|---|' + '---|' * len(names)]
+  lines += [f'| {label} | ' + ' | '.join(str(values.get(n, '-')) for n in names) + ' |'
+            for label, values in rows.items()]
+  return lines + ['']
+
+
 def generated_section(s: Settings, built: Optional[dict], ssr: list[dict], jobs: list[Job], timings: dict,
                       steps: int, tau: int) -> str:
   done = sum(finished(j) for j in jobs if j.total_steps)
@@ -237,6 +254,7 @@ def generated_section(s: Settings, built: Optional[dict], ssr: list[dict], jobs:
            f'{" ".join(s.pretrain_gin)}; fine-tuning: {s.finetune_steps} steps on {FINETUNE_TASK}.', '']
   if timings:
     lines += [f'Wall time of the commands this invocation ran: {sum(timings.values()) / 60:.1f} min.', '']
+  lines += settings_markdown(built)
   if built is None:
     lines += ['No SC baseline run has finished yet: no comparison.', '']
   else:
@@ -277,7 +295,7 @@ def run(s: Settings, runner=run_command) -> Optional[dict]:
   extra = ssr_jobs(s) if s.ssr else []
   timings = {}
   try:
-    for job in jobs + extra:
+    for job in [] if s.report_only else jobs + extra:
       run_job(job, log_path, timings, runner)
   finally:  # the write-up of whatever finished, also when a step failed or the study was interrupted
     built = pretrain_report(s, pretrain)
@@ -297,10 +315,11 @@ def main(argv: list[str]) -> None:
   parser.add_argument('--finetune_steps', type=int, default=Settings.finetune_steps)
   parser.add_argument('--no_old_settings', action='store_true')
   parser.add_argument('--no_ssr', action='store_true')
+  parser.add_argument('--report_only', action='store_true', help='only rewrite the report and the doc')
   args = parser.parse_args(argv)
   run(Settings(workdir=args.workdir, doc=args.doc, seeds=tuple(int(x) for x in args.seeds.split(',')),
                steps=args.steps, tau=args.tau, finetune_steps=args.finetune_steps,
-               old_settings=not args.no_old_settings, ssr=not args.no_ssr))
+               old_settings=not args.no_old_settings, ssr=not args.no_ssr, report_only=args.report_only))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """`make study` (spactor.study) on tiny settings: every command it would run builds its run config (no training),
 finished runs are skipped and unfinished ones run again, and the write-up keeps the hand-written text of the doc."""
+import dataclasses
 import json
 import os
 
@@ -96,10 +97,13 @@ def test_study_skips_finished_runs_and_rewrites_only_its_section(tmp_path, monke
   calls.clear()
   study.run(settings, runner=fake_runner(calls))
   assert calls == []
+  (tmp_path / 'work' / 'sc_seed0' / 'summary.json').unlink()  # --report_only: the write-up of what has finished
+  study.run(dataclasses.replace(settings, report_only=True), runner=fake_runner(calls))
+  assert calls == [] and '11 of 12 runs finished (partial' in doc.read_text()
   summary_path = tmp_path / 'work' / 'sc_seed1' / 'summary.json'
   summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), 'preempted': True}))
   study.run(settings, runner=fake_runner(calls))
-  assert calls == ['pretrain sc seed 1']
+  assert calls == ['pretrain sc seed 0', 'pretrain sc seed 1']
 
 
 def test_a_failed_step_still_writes_the_partial_doc(tmp_path, monkeypatch):
