@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Optional
 
-from spactor import report, run_records
+from spactor import cli, report, run_records
+from spactor.errors import UsageError
 
 BEGIN, END = '<!-- study:begin (written by python -m spactor.study) -->', '<!-- study:end -->'
 FINETUNE_TASK = 'spactor_rt_polarity'  # spactor.downstream.embedded.TASK_NAME (not imported: it loads TF/SeqIO)
@@ -173,15 +174,38 @@ def run_job(job: Job, log_path: str, timings: dict, runner=run_command) -> None:
   print(f'  ({timings[job.name]:.0f}s)', flush=True)
 
 
-def demo_defaults(s: Settings) -> tuple[int, int]:
-  """TOTAL_STEPS and TAU as the study's gin files bind them (the study runs what the demo runs)."""
+def demo_defaults(s: Settings) -> tuple[int, int, dict]:
+  """TOTAL_STEPS, TAU and the run settings as the study's gin files bind them (the study runs what the demo runs)."""
   import gin
-  from spactor import cli, train  # noqa: F401  (registers the configurables)
+  from spactor import train  # registers the configurables
   gin.clear_config()
-  cli.parse_gin(list(s.pretrain_gin), [], [])
-  steps, tau = (gin.query_parameter(f'{name}/gin.macro.value') for name in ('TOTAL_STEPS', 'TAU'))
-  gin.clear_config()
-  return (s.steps or steps), (s.tau if s.tau is not None else tau)
+  try:
+    files, bindings, _, _ = cli.parse_flags([f'--gin_file={f}' for f in s.pretrain_gin] + list(s.extra_gin))
+    cli.parse_gin(files, bindings, [])
+    steps, tau = (gin.query_parameter(f'{name}/gin.macro.value') for name in ('TOTAL_STEPS', 'TAU'))
+    config = train.TrainConfig()
+  finally:
+    gin.clear_config()
+  steps, tau = (s.steps or steps), (s.tau if s.tau is not None else tau)
+  fields = ('batch_size', 'inputs_length', 'corpus', 'mlm_ratio', 'lambda1', 'lambda2', 'loss_normalization',
+            'stage2_sc_weight', 'learning_rate', 'warmup_steps', 'z_loss', 'eval_every', 'eval_batches')
+  settings = {'total_steps': steps, 'tau': tau, 'model': repr(config.model),
+              **{name: getattr(config, name) for name in fields}}
+  return steps, tau, settings
+
+
+def check_same_settings(s: Settings, settings: dict) -> None:
+  """A study directory holds one study: resuming it with other pre-training settings would mix runs."""
+  path = os.path.join(s.workdir, 'study_settings.json')
+  before = _read_json(path)
+  if before is None:
+    with open(path, 'w') as f:
+      json.dump(settings, f, indent=2)
+    return
+  changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+  if changed:
+    raise UsageError(f'{s.workdir} holds a study run with other pre-training settings ({", ".join(changed)} '
+                     f'differ from {path}); resuming it would mix runs: give another --workdir')
 
 
 # --- the write-up ---------------------------------------------------------------------------------------------
@@ -287,7 +311,8 @@ def write_doc(doc_path: str, section: str, figures_from: Optional[str]) -> None:
 def run(s: Settings, runner=run_command) -> Optional[dict]:
   os.makedirs(s.workdir, exist_ok=True)
   log_path = os.path.join(s.workdir, 'study.log')
-  steps, tau = demo_defaults(s)
+  steps, tau, settings = demo_defaults(s)
+  check_same_settings(s, settings)
   pretrain = pretrain_jobs(s, steps, tau)
   jobs = []
   for job in pretrain:
@@ -317,9 +342,10 @@ def main(argv: list[str]) -> None:
   parser.add_argument('--no_ssr', action='store_true')
   parser.add_argument('--report_only', action='store_true', help='only rewrite the report and the doc')
   args = parser.parse_args(argv)
-  run(Settings(workdir=args.workdir, doc=args.doc, seeds=tuple(int(x) for x in args.seeds.split(',')),
-               steps=args.steps, tau=args.tau, finetune_steps=args.finetune_steps,
-               old_settings=not args.no_old_settings, ssr=not args.no_ssr, report_only=args.report_only))
+  with cli.usage_errors_reported():
+    run(Settings(workdir=args.workdir, doc=args.doc, seeds=tuple(int(x) for x in args.seeds.split(',')),
+                 steps=args.steps, tau=args.tau, finetune_steps=args.finetune_steps,
+                 old_settings=not args.no_old_settings, ssr=not args.no_ssr, report_only=args.report_only))
 
 
 if __name__ == '__main__':

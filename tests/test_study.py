@@ -34,7 +34,7 @@ def make_config(job: study.Job):
 def test_every_command_builds_its_config(tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   settings = study.Settings(workdir=str(tmp_path), seeds=(0, 1))
-  steps, tau = study.demo_defaults(settings)
+  steps, tau, _ = study.demo_defaults(settings)
   pretrain = study.pretrain_jobs(settings, steps, tau)
   assert len(pretrain) == 8  # baseline, τ, ∞, τ with the old settings; two seeds each
   configs = {job.model_dir: (job, make_config(job)[0]) for job in pretrain}
@@ -121,3 +121,15 @@ def test_a_failed_step_still_writes_the_partial_doc(tmp_path, monkeypatch):
   with pytest.raises(SystemExit, match='spactor_inf seed 0 failed'):
     study.run(settings, runner=failing)
   assert '4 of 6 runs finished (partial: `make study` resumes it).' in doc.read_text()
+
+
+def test_a_study_directory_refuses_other_settings(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  settings = study.Settings(workdir=str(tmp_path), seeds=(0,), old_settings=False, ssr=False, doc=None)
+  _, _, recorded = study.demo_defaults(settings)
+  study.check_same_settings(settings, recorded)  # the first start records them
+  study.check_same_settings(settings, recorded)
+  other = study.demo_defaults(dataclasses.replace(settings, extra_gin=('--gin.LAMBDA1=50.0',)))[2]
+  assert other['lambda1'] == 50.0
+  with pytest.raises(ValueError, match=r'other pre-training settings \(lambda1 differ'):
+    study.check_same_settings(settings, other)
