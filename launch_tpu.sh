@@ -226,7 +226,8 @@ baseline_cmd() {
     --gin_file=gin/t5x/runs/sc_baseline.gin \
     --gin.MODEL_DIR="'$(baseline_dir)'" \
     --gin.MIXTURE_OR_TASK_NAME="'spactor_sc_${CORPUS}'" \
-    --gin.TRAIN_STEPS="$TOTAL_STEPS") $(common_flags)"
+    --gin.TRAIN_STEPS="$TOTAL_STEPS" \
+    --gin.LAMBDA2="$LAMBDA2") $(common_flags)"
 }
 runs_of() {  # τ: the t5x.train command lines of its experiment, one a line
   if (( $1 == 0 )); then baseline_cmd; else stage1_cmd "$1"; stage2_cmd "$1"; fi

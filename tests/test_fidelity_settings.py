@@ -53,6 +53,9 @@ def test_the_trainer_gin_defaults_are_the_papers_and_the_old_behaviour_is_a_knob
   assert parse_trainer(['gin/runs/demo.gin'], ['LAMBDA2 = 4.0']).sc_weight_after_tau == 4.0
   config = parse_trainer(['gin/runs/demo.gin'], ['STAGE2_SC_WEIGHT = 1.0', "LOSS_NORMALIZATION = 'token_mean'"])
   assert (config.sc_weight_after_tau, config.loss_normalization) == (1.0, 'token_mean')
+  # The SC baseline (TAU = 0) trains on the weight of SpacTor's stage 2, as t5x's sc_baseline.gin does.
+  config = parse_trainer(['gin/runs/demo.gin'], ['TAU = 0', 'LAMBDA2 = 4.0'])
+  assert (config.tau, config.sc_weight_after_tau) == (0, 4.0)
 
 
 # ---- t5x ------------------------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def test_t5x_models_sum_over_positions_per_example_by_default(vocabulary, batch)
 
 def test_stage_2_gin_keeps_the_sc_scale_of_stage_1(parse):  # noqa: F811
   """spactor_stage2.gin trains on λ2·L_SC (STAGE2_SC_WEIGHT = LAMBDA2); 1.0 is the old behaviour; the SC
-  baseline trains on L_SC."""
+  baseline trains on the same λ2·L_SC (as the project's trainer's TAU = 0 does)."""
   command = ['OPTIMIZER = None', 'VOCABULARY = @_tiny_vocabulary()', '_built.model = %MODEL', 'MODEL_DIR = "/tmp/s2"',
              'TRAIN_STEPS = 100', 'TAU = 50', 'STAGE1_CHECKPOINT = "/tmp/s1/checkpoint_50"']
   stage2 = ['gin/t5x/models/t5_1_0_base.gin', 'gin/t5x/runs/spactor_stage2.gin']
@@ -91,8 +94,11 @@ def test_stage_2_gin_keeps_the_sc_scale_of_stage_1(parse):  # noqa: F811
   assert _built()._sc_weight == 4.0  # pylint: disable=protected-access
   parse(stage2, command + ['STAGE2_SC_WEIGHT = 1.0'])
   assert _built()._sc_weight == 1.0  # pylint: disable=protected-access
-  parse(['gin/t5x/models/t5_1_0_base.gin', 'gin/t5x/runs/sc_baseline.gin'], command[:4])
-  assert _built()._sc_weight == 1.0 and _built()._normalization == 'example_sum'  # pylint: disable=protected-access
+  baseline = ['gin/t5x/models/t5_1_0_base.gin', 'gin/t5x/runs/sc_baseline.gin']
+  parse(baseline, command[:4])
+  assert _built()._sc_weight == 10.0 and _built()._normalization == 'example_sum'  # pylint: disable=protected-access
+  parse(baseline, command[:4] + ['LAMBDA2 = 4.0'])
+  assert _built()._sc_weight == 4.0  # pylint: disable=protected-access
 
 
 def _flat(tree):

@@ -60,10 +60,11 @@ def stage2(tau, total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor
           f"--gin.STAGE1_DIR='{bucket}/{exp}/tau{tau}/stage1'", f'--gin.LAMBDA2={l2}', '--gin.BATCH_SIZE=2048']
 
 
-def baseline(total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor-base', corpus='c4'):
+def baseline(total=1000000, size='base', bucket='gs://bkt/runs', exp='spactor-base', corpus='c4', l2='10'):
   return ['python3', '-m', 't5x.train', f'--gin_file=gin/t5x/models/t5_1_0_{size}.gin',
           '--gin_file=gin/t5x/runs/sc_baseline.gin', f"--gin.MODEL_DIR='{bucket}/{exp}/sc_baseline'",
-          f"--gin.MIXTURE_OR_TASK_NAME='spactor_sc_{corpus}'", f'--gin.TRAIN_STEPS={total}', '--gin.BATCH_SIZE=2048']
+          f"--gin.MIXTURE_OR_TASK_NAME='spactor_sc_{corpus}'", f'--gin.TRAIN_STEPS={total}', f'--gin.LAMBDA2={l2}',
+          '--gin.BATCH_SIZE=2048']
 
 
 def test_default_run_creates_installs_and_runs_both_stages():
@@ -91,6 +92,9 @@ def test_overrides_reach_both_stages():
   # Table 5: large masks 20% for the generator by default.
   assert s1 == stage1(250000, 'large', exp='abl', l1='50', l2='2.5', mlm='0.2') + extra
   assert s2 == stage2(250000, 500000, 'large', exp='abl', l2='2.5') + extra
+  # The SC baseline trains on the same λ2·L_SC as stage 2 (gin/t5x/runs/sc_baseline.gin).
+  (b,) = train_runs(dry_run(*REQUIRED, '--tau', '0', '--lambda2', '2.5'))
+  assert b == baseline(l2='2.5')
 
 
 def test_sweep_tau_runs_one_experiment_per_tau_with_distinct_dirs():
