@@ -38,6 +38,7 @@ Nothing here imports TensorFlow or SeqIO: the step runs on synthetic batches thr
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ from bench import common  # noqa: E402
 
 DEFAULT_CONFIGS = 'tiny:32:128,small:16:128:32128'
 # Dense bf16 peaks (TFLOP/s) by device kind, for MFU when --peak_tflops is not given.
-BF16_PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0}
+BF16_PEAK_TFLOPS = {'H200': 989.0, 'H100 PCIe': 756.0, 'H100': 989.0, 'A100': 312.0}  # first match wins
 DEFAULT_TORCH_PYTHON = os.environ.get('SPACTOR_BENCH_PYTHON', '/tmp/benchvenv/bin/python')
 LEARNING_RATE = 0.01
 
@@ -142,6 +143,7 @@ class TorchPeer:
   """The worker process, driven over its stdin/stdout."""
 
   def __init__(self, python: str, spec: dict):
+    python = shutil.which(python) or python  # a name on PATH (python3) or a path
     if not os.path.exists(python):
       raise SystemExit(f'no bench interpreter at {python}: create it with\n  python3 -m venv /tmp/benchvenv && '
                        f'/tmp/benchvenv/bin/pip install torch==2.13.0 transformers\nor pass --torch_python')
