@@ -69,9 +69,13 @@ def parse_gin(files, bindings, search_paths) -> None:
   # Includes such as 'models/t5_1_0_base.gin' resolve in the project's gin/ (gin tries the paths in order).
   for path in [*search_paths, os.getcwd(), repo_root, os.path.join(repo_root, 'gin')]:
     gin.add_config_file_search_path(path)
-  check_parameter_bindings(bindings)
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    # Files first (as gin itself orders them): their `import` lines register configurables a binding may name.
+    gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    check_parameter_bindings(bindings)
+    gin.parse_config_files_and_bindings(None, bindings, finalize_config=False)
+  except UsageError:
+    raise
   except (ValueError, KeyError, IOError, SyntaxError, tokenize.TokenError) as e:
     text = e.args[0] if isinstance(e, tokenize.TokenError) else str(e)  # its str() is an args tuple
     raise UsageError(f'the gin configuration is not valid: {text} (gin files {files}, bindings {bindings})') from e

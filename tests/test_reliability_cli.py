@@ -3,8 +3,10 @@
 A binding that binds nothing the run reads, a MODEL_DIR that is a file or that another run holds: each stops
 with a message naming it. Errors that are not the user's input keep their traceback.
 """
+import glob
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import sys
 import gin
 import pytest
 
-from spactor import cli, train
+from spactor import cli, finetune, train
 from spactor.errors import UsageError
 from ssr import continual, generate
 
@@ -50,6 +52,8 @@ ENTRY_POINTS = {
     'ssr.continual': lambda out: (continual.main, ['--gin_file=gin/ssr/sc_cont.gin', f'--gin.MODEL_DIR={out!r}',
                                                    "--gin.INIT_CHECKPOINT='/no/such/run'"]),
     'ssr.generate': lambda out: (generate.main, ['--checkpoint_dir=/no/such/run', f'--out_dir={out}']),
+    'spactor.finetune': lambda out: (finetune.main, ['--gin_file=gin/finetune/rt_polarity.gin',
+                                                     f'--gin.MODEL_DIR={out!r}', "--gin.INIT_CHECKPOINT='/no/such/run'"]),
 }
 
 
@@ -67,6 +71,45 @@ def test_a_binding_that_binds_nothing_stops_with_a_suggestion_before_anything_is
   assert message in text and binding.split('=')[0][len('--gin.'):] in text, text
   assert '\n' not in text
   assert not model_dir.exists()
+
+
+# The shipped gin files as they are run: alone, or an overlay (cpu.gin) after the file it adjusts.
+SHIPPED = [(f,) for f in ('gin/runs/pretrain.gin', 'gin/runs/demo.gin', 'gin/ssr/demo_generator.gin',
+                          'gin/ssr/demo_student.gin', 'gin/ssr/continual.gin', 'gin/ssr/ssr.gin', 'gin/ssr/sc_cont.gin',
+                          'gin/ssr/distill_cont.gin', 'gin/ssr/finetune_gec.gin', 'gin/ssr/finetune_squad_qg.gin',
+                          'gin/finetune/finetune.gin', 'gin/finetune/rt_polarity.gin', 'gin/finetune/demo.gin')] + [
+    ('gin/runs/pretrain.gin', 'gin/runs/cpu.gin'), ('gin/ssr/ssr.gin', 'gin/ssr/cpu.gin'),
+    ('gin/finetune/rt_polarity.gin', 'gin/finetune/cpu.gin')]
+
+
+def test_the_shipped_gin_files_cover_every_run_file():
+  shipped = {f for files in SHIPPED for f in files}
+  assert shipped == {os.path.relpath(f, REPO) for d in ('runs', 'ssr', 'finetune')
+                     for f in glob.glob(os.path.join(REPO, 'gin', d, '*.gin'))}
+
+
+@pytest.mark.parametrize('files', SHIPPED, ids='+'.join)
+def test_every_macro_a_shipped_gin_file_sets_can_be_overridden_on_the_command_line(monkeypatch, files):
+  """No false positive of the unknown-binding check: each macro the last file sets is read by the run."""
+  monkeypatch.chdir(REPO)
+  with open(files[-1]) as f:
+    macros = re.findall(r'^([A-Z][A-Z0-9_]*) = (.*?)(?:\s+#.*)?$', f.read(), re.M) or [('MODEL_DIR', "'run'")]
+  for name, value in macros:
+    gin.clear_config()
+    cli.parse_gin(list(files), [f"{name} = {'None' if 'REQUIRED' in value else value}"], [])
+
+
+def test_a_binding_may_name_a_configurable_that_a_gin_file_imports(tmp_path, monkeypatch):
+  """gin/ssr/finetune_gec.gin imports ssr.eval_tasks; its configurables are known once the files are parsed."""
+  module = f'spactor_test_imported_{os.getpid()}'
+  (tmp_path / f'{module}.py').write_text('import gin\n\n@gin.configurable\ndef files(path=None):\n  return path\n')
+  (tmp_path / 'run.gin').write_text(f'import {module}\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  cli.parse_gin([str(tmp_path / 'run.gin')], [f"{module}.files.path = 'a.m2'"], [])
+  assert gin.query_parameter(f'{module}.files.path') == 'a.m2'
+  gin.clear_config()
+  with pytest.raises(UsageError, match='did you mean path?'):
+    cli.parse_gin([str(tmp_path / 'run.gin')], [f"{module}.files.paht = 'a.m2'"], [])
 
 
 def test_a_macro_typo_stops_ssr_continual_too(tmp_path):
