@@ -201,3 +201,28 @@ def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab, tmp_
     assert len(p) == 4 and 0 not in p[:end] and set(p[end:]) <= {0}
   scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
   assert len(scores) == 6 and all(s < 0 for _, s in scores)
+
+
+def test_dropout_reaches_the_model_in_training_and_is_off_in_evaluation(task, tiny_vocab, tmp_path):
+  """DROPOUT_RATE (0.1 by default) changes the training loss with the step's RNG; scores ignore it (decodes use
+  the same enable_dropout=False: tests/test_beam_search.py compares them with teacher forcing)."""
+  config = _config(tmp_path)
+  assert config.dropout_rate == 0.1
+  stage = finetune.make_stage(config, finetune.model_config(config, tiny_vocab))
+  no_dropout = dataclasses.replace(config, dropout_rate=0.0)
+  plain = finetune.make_stage(no_dropout, finetune.model_config(no_dropout, tiny_vocab))
+  assert stage.module.config.dropout_rate == 0.1
+  targets = jnp.asarray(np.random.default_rng(0).integers(2, 100, size=(2, 4)), jnp.int32)
+  batch = {'encoder_input_tokens': jnp.asarray(np.random.default_rng(1).integers(2, 100, size=(2, 8)), jnp.int32),
+           'decoder_input_tokens': jnp.pad(targets, ((0, 0), (1, 0)))[:, :4], 'decoder_target_tokens': targets,
+           'decoder_loss_weights': jnp.ones((2, 4), jnp.int32)}
+  params = jax.jit(stage.module.init)(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
+                                     batch['decoder_input_tokens'], targets)['params']
+  both = lambda s, seed, train: s.loss_fn(s.module, params, batch, jax.random.PRNGKey(seed), train)[0]
+  on_1, on_2, off, plain_on, scores, plain_scores = jax.device_get(jax.jit(lambda: (
+      both(stage, 1, True), both(stage, 2, True), both(stage, 1, False), both(plain, 2, True),
+      finetune_eval.target_log_likelihood(stage.module, params, batch),
+      finetune_eval.target_log_likelihood(plain.module, params, batch)))())
+  assert on_1 != on_2 and abs(on_1 - off) > 1e-3  # what train_step computes (enable_dropout=True): dropout is on
+  assert off == plain_on  # off when disabled; a rate of 0 is no dropout
+  np.testing.assert_array_equal(scores, plain_scores)  # evaluation's scores ignore the rate
