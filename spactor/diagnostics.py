@@ -11,12 +11,13 @@ scipy.stats.linregress does the regression (its p-value is the t-test of Eq. 11)
 (spactor/report.py) reuses these functions.
 """
 import dataclasses
-import json
 import math
 import os
 
 import numpy as np
 from scipy import stats
+
+from spactor import metrics_io
 
 CLEAN_SC_LOSS = 'eval/sc_clean_loss'  # validation L_SC on X_c: the hybrid stage, stage 2 and the baseline log it
 PAPER_TREND_START = 120_000  # Appendix B: "the x variable is training steps starting from 120K"
@@ -28,8 +29,7 @@ def read_metrics(path: str) -> list[dict]:
     path = os.path.join(path, 'metrics.jsonl')
   if not os.path.exists(path):
     raise FileNotFoundError(f'no metrics file at {path}: give a run directory or its metrics.jsonl')
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return metrics_io.read_records(path)  # null (not measured) reads as NaN, which series() leaves out
 
 
 def series(records: list[dict], key: str = CLEAN_SC_LOSS) -> dict[int, float]:

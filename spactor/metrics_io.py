@@ -46,7 +46,7 @@ class MetricsWriter:
       return
     record = {'step': step, **(extra or {}), **scalars}
     with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+      f.write(_json_line(record))
     if self._tb is None:
       return
     import tensorflow as tf
@@ -66,13 +66,19 @@ def _truncate_after(path: str, step: Optional[int]) -> None:
   kept = [] if step is None else [line for line in read_records(path) if line['step'] <= step]
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in kept)
+    f.writelines(_json_line(r) for r in kept)
   os.replace(tmp, path)
 
 
+def _json_line(record: dict[str, Any]) -> str:
+  """One strict JSON line: a value not measured (NaN, e.g. the throughput at a stage's first step) is null."""
+  return json.dumps(finite_or_none(record), allow_nan=False) + '\n'
+
+
 def read_records(path: str) -> list[dict[str, Any]]:
+  """The records of a metrics.jsonl; a null value reads back as NaN (a float, as readers of old files saw it)."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [{k: float('nan') if v is None else v for k, v in json.loads(line).items()} for line in f if line.strip()]
 
 
 # --- strict JSON files ------------------------------------------------------------------------------------

@@ -126,6 +126,12 @@ def strict_json(path):
     return json.load(f, parse_constant=refuse)
 
 
+def strict_json_line(line):
+  def refuse(constant):
+    raise ValueError(f'{line} holds {constant}, which is not JSON')
+  return json.loads(line, parse_constant=refuse)
+
+
 def test_a_restart_before_the_first_checkpoint_writes_each_record_once(reference_dir, tmp_path):
   first_records = metrics_io.read_records(os.path.join(reference_dir, metrics_io.METRICS_FILE))[:3]
   with open(tmp_path / metrics_io.METRICS_FILE, 'w') as f:  # what a run killed at step 2 leaves: no checkpoint
@@ -143,6 +149,10 @@ def test_a_rerun_of_a_finished_run_keeps_its_records_and_summary(reference_dir, 
   assert before['stages'][1]['val_sc_noisy'] is None
   with open(model_dir / metrics_io.METRICS_FILE) as f:
     records = f.read()
+  strict = [strict_json_line(line) for line in records.splitlines()]  # metrics.jsonl is strict JSON too:
+  first_train = {r['stage']: r for r in reversed(strict) if 'train/loss' in r}  # a stage's first step measured
+  assert [first_train[s]['seqs_per_second'] for s in ('hybrid', 'sc')] == [None, None]  # no throughput: null
+  assert all(r['seqs_per_second'] > 0 for r in strict if 'train/loss' in r and r not in first_train.values())
   train.run(train.TrainConfig(model_dir=str(model_dir), **SETTINGS))  # restores step TOTAL, trains nothing
   after = strict_json(model_dir / 'summary.json')
   assert [row['seqs_per_second'] for row in after['stages']] == [row['seqs_per_second'] for row in before['stages']]
