@@ -75,16 +75,35 @@ def _without_timing(record):
   return {k: v for k, v in record.items() if k not in ('seqs_per_second',)}
 
 
+class Killed(Exception):
+  """Stands for SIGKILL: the run stops where it is, with no clean-up."""
+
+
 def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exactly(task, tmp_path, monkeypatch,
                                                                                       capsys):
   """make demo-downstream's code path on tiny settings (both starts, a table, results.json, finished runs skipped),
-  and exact resume: a run killed at step 2 and started again logs what the demo's uninterrupted one did."""
+  and exact resume: a run killed in step 4 and started again logs what the demo's uninterrupted one did."""
   module = model_lib.SpacTor(tiny_t5())
   tokens = jnp.ones((1, 8), jnp.int32)
   params = jax.jit(module.init)(jax.random.PRNGKey(5), tokens, tokens, tokens)['params']
   state = checkpointing.TrainState(step=jnp.array(9, jnp.int32), params=params, opt_state=())
   checkpointing.save(checkpointing.make_manager(str(tmp_path / 'demo')), state, None, {'stage': 'sc', 'step': 9})
-  finetune.run(_config(tmp_path / 'killed', steps=2))  # stands for a run killed after its step-2 checkpoint
+  reader = finetune.batch_reader
+
+  def killed_at_step_4(iterator, sharding):  # a run killed in its 4th step, after the step-2 checkpoint
+    next_batch, calls = reader(iterator, sharding), iter(range(4))
+
+    def next_or_killed():
+      if next(calls) == 3:
+        raise Killed()
+      return next_batch()
+    return next_or_killed
+
+  monkeypatch.setattr(finetune, 'batch_reader', killed_at_step_4)
+  with pytest.raises(Killed):
+    finetune.run(_config(tmp_path / 'killed'))
+  monkeypatch.undo()
+  assert os.listdir(tmp_path / 'killed' / 'checkpoints') == ['2'] and _records(tmp_path / 'killed')[-1]['step'] == 3
 
   config = _config(tmp_path / 'downstream', init=str(tmp_path / 'demo'))
   results = finetune_demo.run_demo(config)
