@@ -2,7 +2,8 @@ r"""`make study`: the small-scale replication study on this CPU, resumable, abou
 
   python -m spactor.study --workdir=runs/study --doc=docs/study.md
 
-1. Pre-training with gin/runs/demo.gin's settings, the same steps for each setting, SEEDS seeds each: the SC
+1. Pre-training with gin/runs/demo.gin and the study's pinned settings (Settings.extra_gin: 600 steps, τ = 200,
+   LR 0.25, λ1 = 10, MLM ratio 0.15), the same steps for each setting, SEEDS seeds each: the SC
    baseline (τ = 0), SpacTor(τ), SpacTor(τ = ∞), and SpacTor(τ) with the old settings (per-term token means and a
    plain L_SC after τ: `--gin.LOSS_NORMALIZATION="'token_mean'" --gin.STAGE2_SC_WEIGHT=1.0`) to show what the
    fidelity fixes change.
@@ -49,7 +50,10 @@ class Settings:
   ssr: bool = True
   ssr_steps: int = 200
   pretrain_gin: tuple = ('gin/runs/demo.gin',)
-  extra_gin: tuple = ()  # more --gin.X=Y flags for every pre-training run (tests: a micro model, few steps)
+  # The study's own pre-training settings on top of demo.gin, pinned so that tuning the demo does not change a
+  # study in progress (a study directory refuses other settings). LR 0.25 leaves the unigram plateau of L_SC.
+  extra_gin: tuple = ('--gin.TOTAL_STEPS=600', '--gin.TAU=200', '--gin.spactor.train.TrainConfig.learning_rate=0.25',
+                      '--gin.LAMBDA1=10.0', '--gin.MLM_RATIO=0.15')
   finetune_gin: tuple = ('gin/finetune/rt_polarity.gin', 'gin/finetune/cpu.gin')
   extra_finetune_gin: tuple = ()
   eval_every: Optional[int] = None
@@ -88,11 +92,11 @@ def pretrain_jobs(s: Settings, steps: int, tau: int) -> list[Job]:
   for name, label, run_tau, extra in pretrain_settings(s, tau):
     for seed in s.seeds:
       model_dir = os.path.join(s.workdir, f'{name}_seed{seed}')
-      argv = (('spactor.train',) + tuple(f'--gin_file={f}' for f in s.pretrain_gin) + (
+      argv = (('spactor.train',) + tuple(f'--gin_file={f}' for f in s.pretrain_gin) + tuple(s.extra_gin) + (
           _gin('MODEL_DIR', model_dir), _gin('TOTAL_STEPS', steps), _gin('TAU', run_tau),
           _gin('spactor.train.TrainConfig.seed', seed), _gin('spactor.train.TrainConfig.plot', False))
           + ((_gin('spactor.train.TrainConfig.eval_every', s.eval_every),) if s.eval_every else ())
-          + tuple(extra) + tuple(s.extra_gin))
+          + tuple(extra))
       jobs.append(Job(f'pretrain {name} seed {seed}', argv, model_dir, steps, label, seed))
   return jobs
 
@@ -175,7 +179,7 @@ def run_job(job: Job, log_path: str, timings: dict, runner=run_command) -> None:
 
 
 def demo_defaults(s: Settings) -> tuple[int, int, dict]:
-  """TOTAL_STEPS, TAU and the run settings as the study's gin files bind them (the study runs what the demo runs)."""
+  """TOTAL_STEPS, TAU and the run settings as the study's gin files and pinned bindings give them."""
   import gin
   from spactor import train  # registers the configurables
   gin.clear_config()
