@@ -71,6 +71,11 @@ def _records(model_dir):
   return [json.loads(line) for line in open(os.path.join(model_dir, 'metrics.jsonl'))]
 
 
+def _tensorboard_tags(model_dir) -> set[str]:
+  events = [os.path.join(model_dir, 'tb', name) for name in os.listdir(os.path.join(model_dir, 'tb'))]
+  return {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
+
+
 def _without_timing(record):
   return {k: v for k, v in record.items() if k not in ('seqs_per_second',)}
 
@@ -117,11 +122,13 @@ def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exac
     assert run['final'][f'{TASK}/log_likelihood'] > run['first'][f'{TASK}/log_likelihood']  # it learns
   assert results['runs']['pretrained']['final'] != results['runs']['scratch']['final']  # different starts
   assert json.load(open(tmp_path / 'downstream' / 'results.json')) == results
+  assert (results['task'], results['eval_split'], results['total_steps']) == (TASK, 'validation', 4)
   assert 'pretrained' in capsys.readouterr().out
   scratch_dir = tmp_path / 'downstream' / 'scratch'
   records = _records(scratch_dir)
   assert [r['step'] for r in records if f'eval/{TASK}/accuracy' in r] == [0, 2, 4]
   assert os.listdir(scratch_dir / 'best' / 'checkpoints') == ['0']
+  assert _tensorboard_tags(scratch_dir) >= {f'eval/{TASK}/accuracy', f'eval/{TASK}/log_likelihood', 'train/loss'}
 
   resumed = finetune.run(_config(tmp_path / 'killed'))
   later = lambda rs: [_without_timing(r) for r in rs if r['step'] > 2]
