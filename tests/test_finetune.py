@@ -191,6 +191,24 @@ def test_the_command_line_names_a_bad_setting_in_one_paragraph(tmp_path, monkeyp
   assert not model_dir.exists()
 
 
+def test_a_held_or_unusable_model_dir_stops_both_entry_points_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  not_a_dir = tmp_path / 'notes.txt'
+  not_a_dir.write_text('mine')
+  argv = lambda model_dir: ['--gin_file=gin/finetune/demo.gin', f'--gin.MODEL_DIR={str(model_dir)!r}']
+  try:
+    for main in (finetune.main, finetune_demo.main):
+      with cli.hold_model_dir(str(tmp_path / 'held')):  # another run holds it
+        with pytest.raises(SystemExit, match='in use') as exit_info:
+          main(argv(tmp_path / 'held'))
+      assert '\n' not in str(exit_info.value) and os.listdir(tmp_path / 'held') == ['.lock']
+      with pytest.raises(SystemExit, match='not a directory'):
+        main(argv(not_a_dir))
+      assert not_a_dir.read_text() == 'mine'
+  finally:
+    gin.clear_config()
+
+
 REQUIRED = ["MODEL_DIR = '/tmp/unused'", 'INIT_CHECKPOINT = None']
 
 
