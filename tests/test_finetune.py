@@ -244,7 +244,10 @@ def test_predictions_stop_at_eos_and_pad_rows_are_dropped(task, tiny_vocab, tmp_
     end = p.index(1) + 1 if 1 in p else len(p)
     assert len(p) == 4 and 0 not in p[:end] and set(p[end:]) <= {0}
   scores = finetune_eval.make_score_fn(module, lambda: params, 4)(dataset)
-  assert len(scores) == 6 and all(s < 0 for _, s in scores)
+  assert sorted(i for i, _ in scores) == list(range(6)) and all(s < 0 for _, s in scores)
+  # The padded last batch scores its examples as one full batch of all six does (predictions share the padding).
+  np.testing.assert_allclose(sorted(finetune_eval.make_score_fn(module, lambda: params, 6)(dataset)), sorted(scores),
+                             rtol=1e-5)
 
 
 def test_dropout_reaches_the_model_in_training_and_is_off_in_evaluation(task, tiny_vocab, tmp_path):
