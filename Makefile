@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 # Fine-tunes the `make demo` checkpoint (running the demo first while it has not finished) and a from-scratch model
 # on the embedded downstream task; prints both runs' metrics and writes runs/demo-downstream/results.json.
 demo-downstream: $(VENV)/.installed
-	test -f $(RUN_DIR)/summary.json || $(MAKE) demo
+	grep -qs '"preempted": false' $(RUN_DIR)/summary.json || $(MAKE) demo
 	$(PY) -m spactor.finetune_demo --gin_file=gin/finetune/demo.gin --gin.INIT_CHECKPOINT="'$(RUN_DIR)'" \
 	    --gin.MODEL_DIR="'runs/demo-downstream'"
 
