@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import seqio
 import seqio.test_utils
@@ -273,3 +274,21 @@ def test_dropout_reaches_the_model_in_training_and_is_off_in_evaluation(task, ti
   assert on_1 != on_2 and abs(on_1 - off) > 1e-3  # what train_step computes (enable_dropout=True): dropout is on
   assert off == plain_on  # off when disabled; a rate of 0 is no dropout
   np.testing.assert_array_equal(scores, plain_scores)  # evaluation's scores ignore the rate
+
+
+def test_best_checkpoint_keeps_the_best_and_a_restart_redoes_only_the_steps_after_its_checkpoint(tmp_path):
+  """The kept step survives a restart from a checkpoint at or after it; one after the restart's checkpoint is
+  dropped (its steps are trained and evaluated again, to the same params by exact resume) and offered again."""
+  params = lambda value: {'w': np.full((2,), value, np.float32)}
+  best = finetune_eval.BestCheckpoint(str(tmp_path), 't/accuracy', 'max')
+  for step, value in ((0, 1.0), (2, 3.0), (4, 2.0)):
+    best.offer(step, params(value), {'t/accuracy': value, 't/loss': -value})
+  assert best.best_step() == 2 and best.manager.all_steps() == [2]
+  best.forget_after(2)  # restarted from the step-2 checkpoint
+  assert best.manager.all_steps() == [2]
+  best.forget_after(0)  # restarted from step 0: step 2 comes again
+  assert best.best_step() is None
+  best.offer(2, params(3.0), {'t/accuracy': 3.0, 't/loss': -3.0})
+  kept = best.manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  best.close()
+  assert best.manager.all_steps() == [2] and np.asarray(kept['params']['w']).tolist() == [3.0, 3.0]
