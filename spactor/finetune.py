@@ -29,7 +29,7 @@ import seqio
 from spactor import checkpoint_io, checkpointing, cli, flops, metrics_io, partitioning, stages, trainer
 from spactor import config as config_lib
 from spactor import downstream  # registers the downstream tasks  # noqa: F401
-from spactor import finetune_eval
+from spactor import finetune_eval, input_pipeline
 from spactor import model as model_lib
 from spactor import vocab as vocab_lib
 from spactor.errors import UsageError
@@ -135,16 +135,6 @@ def make_dataset(config: FinetuneConfig, split: str):
   return ds.batch(config.batch_size // jax.process_count(), drop_remainder=True).prefetch(2)
 
 
-def batch_reader(iterator, sharding):
-  def next_batch():
-    try:
-      batch = next(iterator)
-    except StopIteration:
-      raise UsageError('the training split produced no batch: it has fewer examples than one batch') from None
-    return trainer.to_global(jax.tree.map(lambda t: t.numpy(), batch), sharding)
-  return next_batch
-
-
 # --- model and state --------------------------------------------------------------------------------------------
 
 
@@ -223,7 +213,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   predict_fn = finetune_eval.make_predict_fn(stage.module, lambda: current['params'], eval_batch,
                                              config.targets_length, config.beam_size, config.length_penalty_alpha)
   score_fn = finetune_eval.make_score_fn(stage.module, lambda: current['params'], eval_batch)
-  read_batch = batch_reader(train_iter, batch_sharding)
+  read_batch = input_pipeline.batch_reader(train_iter, batch_sharding)
 
   def next_batch():  # counts steps, so an evaluation knows its step
     current['step'] += 1

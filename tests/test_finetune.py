@@ -14,7 +14,8 @@ import seqio
 import seqio.test_utils
 import tensorflow as tf
 
-from spactor import checkpointing, checkpoint_io, cli, finetune, finetune_demo, finetune_eval, partitioning
+from spactor import checkpointing, checkpoint_io, cli, finetune, finetune_demo, finetune_eval, input_pipeline
+from spactor import partitioning
 from spactor import config as config_lib
 from spactor import model as model_lib
 from spactor import vocab as vocab_lib
@@ -94,7 +95,7 @@ def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exac
   params = jax.jit(module.init)(jax.random.PRNGKey(5), tokens, tokens, tokens)['params']
   state = checkpointing.TrainState(step=jnp.array(9, jnp.int32), params=params, opt_state=())
   checkpointing.save(checkpointing.make_manager(str(tmp_path / 'demo')), state, None, {'stage': 'sc', 'step': 9})
-  reader = finetune.batch_reader
+  reader = input_pipeline.batch_reader
 
   def killed_at_step_4(iterator, sharding):  # a run killed in its 4th step, after the step-2 checkpoint
     next_batch, calls = reader(iterator, sharding), iter(range(4))
@@ -105,7 +106,7 @@ def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exac
       return next_batch()
     return next_or_killed
 
-  monkeypatch.setattr(finetune, 'batch_reader', killed_at_step_4)
+  monkeypatch.setattr(input_pipeline, 'batch_reader', killed_at_step_4)
   with pytest.raises(Killed):
     finetune.run(_config(tmp_path / 'killed'))
   monkeypatch.undo()
