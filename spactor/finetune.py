@@ -234,7 +234,6 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
         batch_sharding=batch_sharding, manager=manager, writer=writer, evaluate=evaluate,
         log_extra=lambda stage, step: {'stage': stage.name}, eval_first=restored is None)
   writer.close()
-  evaluator.close()
   result = write_summary(config, writer.path, best, timer, preempted)
   if best:
     best.close()

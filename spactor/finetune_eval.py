@@ -97,9 +97,19 @@ def make_score_fn(module, params_fn: Callable[[], object], batch_size: int):
 
 def make_evaluator(task: str, split: str, lengths: dict, num_examples: Optional[int]) -> seqio.Evaluator:
   """A seqio.Evaluator of `task` (or mixture) on `split`, inputs/targets cut to `lengths`; refuses a task that
-  has nothing to evaluate on that split."""
+  has nothing to evaluate on that split.
+
+  One per setting and process: building it reads and tokenizes the whole split, and the runs of one process (the
+  demo's two starts, a resumed or evaluation-only run, tests) evaluate the same examples. It computes metrics
+  synchronously, so it holds no thread to close.
+  """
+  return _evaluator(task, split, tuple(sorted(lengths.items())), num_examples)
+
+
+@functools.lru_cache(maxsize=None)
+def _evaluator(task: str, split: str, lengths: tuple, num_examples: Optional[int]) -> seqio.Evaluator:
   evaluator = seqio.Evaluator(task, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
-                              sequence_length=lengths, num_examples=num_examples, async_compute_metrics=False)
+                              sequence_length=dict(lengths), num_examples=num_examples, async_compute_metrics=False)
   if not evaluator.eval_tasks:
     raise UsageError(f'{task!r} has no metrics on its {split!r} split (or no such split), so there is nothing to '
                      f'evaluate; pick a task with metrics or another EVAL_SPLIT')
