@@ -48,7 +48,7 @@ class FinetuneConfig:
   replaced by the task vocabulary's model size and its dropout by dropout_rate. inputs_length / targets_length
   cut the task's features (train and eval).
   best_metric: a metric of the evaluation ('accuracy', or 'task/metric' for a mixture); None keeps no best.
-  total_steps = 0 evaluates the start checkpoint only (no training step, no checkpoint).
+  total_steps = 0 evaluates the start checkpoint only (no training step, no checkpoint, no best copy).
   """
   model_dir: str
   task: str
@@ -205,7 +205,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   start_step = int(state.step)
 
   best = finetune_eval.BestCheckpoint(config.model_dir, config.best_metric, config.best_mode) \
-      if config.best_metric else None
+      if config.best_metric and config.total_steps else None  # an evaluation-only run writes no params
   if best:  # a restart evaluates the steps after its checkpoint again; a run that restored nothing, every step
     best.forget_after(start_step if restored is not None else -1)
   current = {'params': state.params, 'step': start_step}

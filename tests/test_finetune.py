@@ -141,6 +141,7 @@ def test_demo_finetunes_both_starts_keeps_the_best_and_a_killed_run_resumes_exac
   jax.tree.map(np.testing.assert_array_equal, best(tmp_path / 'killed'), best(scratch_dir))
   evaluated = finetune.run(_config(tmp_path / 'evaluated', init=str(scratch_dir / 'best'), steps=0))  # eval only
   assert evaluated['final_eval'] == straight['best_eval'] and not os.listdir(tmp_path / 'evaluated' / 'checkpoints')
+  assert not os.path.exists(tmp_path / 'evaluated' / 'best') and evaluated['best_checkpoint'] is None  # no copy
 
   monkeypatch.setattr(finetune, 'run', lambda config: pytest.fail(f'{config.model_dir} was trained again'))
   assert finetune_demo.run_demo(config) == results
