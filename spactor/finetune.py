@@ -22,7 +22,6 @@ from typing import Any, Optional
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import seqio
 
