@@ -399,6 +399,7 @@ def test_launch_tpu_overrides_reach_the_model_and_the_data(parse):
   assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/tau70/stage2'
   m = parse_argv(parse, baseline)
   assert type(m) is t5x_models.SCModel and m.module.generator is None
+  assert m._sc_weight == 4.0  # pylint: disable=protected-access  # the baseline trains on stage 2's λ2·L_SC
   assert (TRAIN()['total_steps'], query('MIXTURE_OR_TASK_NAME')) == (100, 'spactor_sc_c4')
   assert query('MODEL_DIR') == 'gs://bkt/runs/spactor-tiny/sc_baseline'
 
