@@ -52,7 +52,8 @@ ENTRY_POINTS = {
     'ssr.continual': lambda out: (continual.main, ['--gin_file=gin/ssr/sc_cont.gin', f'--gin.MODEL_DIR={out!r}',
                                                    "--gin.INIT_CHECKPOINT='/no/such/run'"]),
     'ssr.generate': lambda out: (generate.main, ['--checkpoint_dir=/no/such/run', f'--out_dir={out}']),
-    'spactor.finetune': lambda out: (finetune.main, ['--gin_file=gin/finetune/rt_polarity.gin', f'--gin.MODEL_DIR={out!r}',
+    'spactor.finetune': lambda out: (finetune.main, ['--gin_file=gin/finetune/rt_polarity.gin',
+                                                     f'--gin.MODEL_DIR={out!r}',
                                                      "--gin.INIT_CHECKPOINT='/no/such/run'"]),
 }
 
