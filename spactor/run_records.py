@@ -142,7 +142,9 @@ def read_downstream(path: str) -> dict[str, dict[str, float]]:
   for name in sorted(os.listdir(path)):
     summary = _read_json(os.path.join(path, name, 'summary.json'))
     if summary and 'task' in summary and summary.get('final_eval'):
-      results[summary['task']] = {k: v for k, v in summary['final_eval'].items() if k != 'step' and v is not None}
+      prefix = summary['task'] + '/'  # seqio.Evaluator names a task's metrics 'task/metric'
+      results[summary['task']] = {k[len(prefix):] if k.startswith(prefix) else k: v
+                                  for k, v in summary['final_eval'].items() if k != 'step' and v is not None}
   return results
 
 

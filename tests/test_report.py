@@ -112,7 +112,7 @@ def test_cli_writes_markdown_json_and_figures(study, tmp_path, capsys):
   finetune = os.path.join(study[2].split('=', 1)[1], 'finetune_rt')
   os.makedirs(finetune)
   with open(os.path.join(finetune, 'summary.json'), 'w') as f:
-    json.dump({'task': 'spactor_rt_polarity', 'final_eval': {'step': 40, 'accuracy': 0.7}}, f)
+    json.dump({'task': 'spactor_rt_polarity', 'final_eval': {'step': 40, 'spactor_rt_polarity/accuracy': 0.7}}, f)
   extra = tmp_path / 'downstream.json'
   extra.write_text(json.dumps({study[3].split('=', 1)[1]: {'spactor_rt_polarity': {'accuracy': 0.6}}}))
   out = tmp_path / 'report'

@@ -72,7 +72,8 @@ def fake_runner(calls):
       os.makedirs(job.model_dir, exist_ok=True)
       with open(os.path.join(job.model_dir, 'summary.json'), 'w') as f:
         json.dump({'task': study.FINETUNE_TASK, 'total_steps': job.total_steps, 'preempted': False,
-                   'final_eval': {'step': job.total_steps, 'accuracy': 0.5 + 0.1 * (job.seed or 0)}}, f)
+                   'final_eval': {'step': job.total_steps,
+                                  f'{study.FINETUNE_TASK}/accuracy': 0.5 + 0.1 * (job.seed or 0)}}, f)
   return run
 
 
@@ -129,7 +130,7 @@ def test_a_study_directory_refuses_other_settings(tmp_path, monkeypatch):
   _, _, recorded = study.demo_defaults(settings)
   study.check_same_settings(settings, recorded)  # the first start records them
   study.check_same_settings(settings, recorded)
-  other = study.demo_defaults(dataclasses.replace(settings, extra_gin=('--gin.LAMBDA1=50.0',)))[2]
+  other = study.demo_defaults(dataclasses.replace(settings, extra_gin=settings.extra_gin + ('--gin.LAMBDA1=50.0',)))[2]
   assert other['lambda1'] == 50.0
   with pytest.raises(ValueError, match=r'other pre-training settings \(lambda1 differ'):
     study.check_same_settings(settings, other)
