@@ -172,9 +172,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   """Fine-tunes to total_steps (or until SIGTERM), evaluating on the way; returns and writes the summary."""
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
-  if config.batch_size % (mesh.shape['data'] * jax.process_count()):
-    raise UsageError(f'BATCH_SIZE={config.batch_size} must divide over {mesh.shape["data"]} data-parallel '
-                     f'devices and {jax.process_count()} processes')
+  partitioning.check_batch_divides(config.batch_size, mesh)
 
   # Task, evaluation and input.
   vocab = task_vocabulary(config.task)

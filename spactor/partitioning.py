@@ -13,6 +13,8 @@ from flax.linen import partitioning as nn_partitioning
 import jax
 import numpy as np
 
+from spactor.errors import UsageError
+
 # Every logical name a parameter may carry. t5x's Adafactor keeps a factor rule for each of these (and raises
 # KeyError for any other), so the model uses nothing else on parameters.
 PARAM_AXIS_NAMES = frozenset({'vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'relpos_buckets'})
@@ -40,6 +42,13 @@ def make_mesh(num_partitions: int = 1, devices: Optional[Sequence[Any]] = None) 
     raise ValueError(f'num_partitions={num_partitions} must be >= 1 and divide the {len(devices)} devices')
   grid = np.asarray(devices, dtype=object).reshape(len(devices) // num_partitions, num_partitions)
   return jax.sharding.Mesh(grid, MESH_AXES)
+
+
+def check_batch_divides(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+  """A global batch must split evenly over the data-parallel devices and over the processes that feed them."""
+  for ways, what in ((mesh.shape['data'], 'data-parallel devices'), (jax.process_count(), 'processes')):
+    if batch_size % ways:
+      raise UsageError(f'BATCH_SIZE={batch_size} must be divisible by the {ways} {what}')
 
 
 @contextlib.contextmanager

@@ -11,13 +11,13 @@ Two kinds of run directory are read:
 Fine-tuning results (spactor.finetune's summary.json, in a sub-directory of the run) come with the run.
 """
 import dataclasses
-import json
 import math
 import os
 import re
 from typing import Any, Optional
 
 from spactor import diagnostics
+from spactor.metrics_io import read_json
 
 CLEAN_SC_LOSS = diagnostics.CLEAN_SC_LOSS
 METRICS_FILE = 'metrics.jsonl'
@@ -87,17 +87,10 @@ def read_run(path: str, label: Optional[str] = None, t5x_shape: Optional['T5xSha
 # --- this project's trainer -------------------------------------------------------------------------------------
 
 
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
 
 def read_spactor_run(path: str) -> Run:
   records = diagnostics.read_metrics(path)
-  summary = _read_json(os.path.join(path, 'summary.json')) or {}
+  summary = read_json(os.path.join(path, 'summary.json')) or {}
   evals, train, gflops = {}, {}, {}
   for r in records:
     scalars = {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
@@ -140,7 +133,7 @@ def read_downstream(path: str) -> dict[str, dict[str, float]]:
   if not os.path.isdir(path):
     return results
   for name in sorted(os.listdir(path)):
-    summary = _read_json(os.path.join(path, name, 'summary.json'))
+    summary = read_json(os.path.join(path, name, 'summary.json'))
     if summary and 'task' in summary and summary.get('final_eval'):
       prefix = summary['task'] + '/'  # seqio.Evaluator names a task's metrics 'task/metric'
       results[summary['task']] = {k[len(prefix):] if k.startswith(prefix) else k: v

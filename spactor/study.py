@@ -30,6 +30,7 @@ import time
 from typing import Optional
 
 from spactor import cli, report, run_records
+from spactor.metrics_io import read_json
 from spactor.errors import UsageError
 
 BEGIN, END = '<!-- study:begin (written by python -m spactor.study) -->', '<!-- study:end -->'
@@ -141,16 +142,9 @@ def finished(job: Job) -> bool:
   """A run of the job's full length that was not preempted (its summary.json says so)."""
   if job.total_steps is None:
     return False
-  summary = _read_json(os.path.join(job.model_dir, 'summary.json')) or {}
+  summary = read_json(os.path.join(job.model_dir, 'summary.json')) or {}
   return summary.get('total_steps') == job.total_steps and summary.get('preempted') is False
 
-
-def _read_json(path: str) -> Optional[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def run_command(job: Job, log_path: str) -> None:
@@ -201,7 +195,7 @@ def demo_defaults(s: Settings) -> tuple[int, int, dict]:
 def check_same_settings(s: Settings, settings: dict) -> None:
   """A study directory holds one study: resuming it with other pre-training settings would mix runs."""
   path = os.path.join(s.workdir, 'study_settings.json')
-  before = _read_json(path)
+  before = read_json(path)
   if before is None:
     with open(path, 'w') as f:
       json.dump(settings, f, indent=2)
@@ -233,7 +227,7 @@ def ssr_rows(s: Settings, jobs: list[Job]) -> list[dict]:
   for job in jobs:
     if job.argv[0] != 'ssr.continual' or not finished(job):
       continue
-    summary = _read_json(os.path.join(job.model_dir, 'summary.json')) or {}
+    summary = read_json(os.path.join(job.model_dir, 'summary.json')) or {}
     downstream = run_records.read_downstream(job.model_dir).get(FINETUNE_TASK, {})
     rows.append({'objective': job.label, 'seed': job.seed, 'final_eval': summary.get('final_eval', {}),
                  'downstream': downstream})

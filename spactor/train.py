@@ -43,9 +43,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   # Mesh.
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
-  for ways, what in ((mesh.shape['data'], 'data-parallel devices'), (jax.process_count(), 'processes')):
-    if config.batch_size % ways:
-      raise ValueError(f'BATCH_SIZE={config.batch_size} must be divisible by the {ways} {what}')
+  partitioning.check_batch_divides(config.batch_size, mesh)
 
   # Input.
   input_pipeline.check_preprocessor_settings(config)

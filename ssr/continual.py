@@ -295,9 +295,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
   """Trains to total_steps (or until SIGTERM); returns and writes the run summary."""
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
-  if config.batch_size % (mesh.shape["data"] * jax.process_count()):
-    raise ValueError(f"BATCH_SIZE={config.batch_size} must divide over {mesh.shape['data']} data-parallel devices "
-                     f"and {jax.process_count()} processes")
+  partitioning.check_batch_divides(config.batch_size, mesh)
 
   vocab = spactor_tasks.vocabulary(config.corpus)
   t5 = config_lib.preset(vocab_size=vocab_lib.model_vocab_size(vocab)).t5
