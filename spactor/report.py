@@ -106,10 +106,7 @@ def plot_curves(runs, table, png_path: str, x: str) -> str:
   _zoom(ax, runs)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
-  return png_path
+  return _save(plt, fig, png_path)
 
 
 def _interpolate(steps, values, at):
@@ -150,10 +147,7 @@ def plot_gap(entries, png_path: str) -> str:
   ax.set_title('Figure 4b; dotted: Appendix B regression', fontsize=9)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(png_path, dpi=120)
-  plt.close(fig)
-  return png_path
+  return _save(plt, fig, png_path)
 
 
 def plot_stage1(entries, png_path: str) -> str:
@@ -173,8 +167,13 @@ def plot_stage1(entries, png_path: str) -> str:
     ax.set_xlabel('steps')
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=7)
+  return _save(plt, fig, png_path, dpi=110)
+
+
+def _save(plt, fig, png_path: str, dpi: int = 120) -> str:
+  """Writes the figure and frees it (a study draws many)."""
   fig.tight_layout()
-  fig.savefig(png_path, dpi=110)
+  fig.savefig(png_path, dpi=dpi)
   plt.close(fig)
   return png_path
 
