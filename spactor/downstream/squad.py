@@ -9,7 +9,6 @@
 from typing import Optional, Tuple
 
 import seqio
-import tensorflow as tf
 
 from spactor.downstream import common
 from spactor.downstream import metrics
