@@ -46,6 +46,9 @@ class TrainConfig:
   new run reads it: a restart continues from its own newest checkpoint.
   loss_normalization: how each loss term is reduced (spactor.objectives): 'example_sum', the paper's (sums over
   positions, mean over examples); 'token_mean' (means over each term's positions) changes what λ1, λ2 weigh.
+  generator_lr_scale: multiplies the generator's updates (the params under `generator`; not the shared embedder,
+  which D owns). Ours, not the paper's (1.0): a tiny model's generator sits on the unigram plateau for hundreds of
+  steps at D's step size (docs/study.md).
   stage2_sc_weight: stage 2 trains on stage2_sc_weight·L_SC; None means λ2, so the SC term keeps its scale across
   τ (Adafactor's carried second moments fit it); 1.0 gives the step-size drop after τ of a plain L_SC.
   """
@@ -64,6 +67,7 @@ class TrainConfig:
   loss_normalization: str = objectives.PAPER_NORMALIZATION
   stage2_sc_weight: Optional[float] = None  # None: λ2 (no step-size drop at τ); 1.0: the old behaviour
   learning_rate: float = 1.0  # LR = learning_rate / sqrt(max(step, warmup_steps)) (Table 5)
+  generator_lr_scale: float = 1.0  # G's step size relative to D's; 1.0 is the paper's (one step size for all)
   warmup_steps: int = 10_000
   z_loss: float = 1e-4
   seed: int = 0
@@ -96,6 +100,8 @@ class TrainConfig:
       raise ValueError(f'TrainConfig.model must be a spactor.config.preset(...), got {self.model!r}')
     stages.HybridWeights(self.lambda1, self.lambda2)  # validates λ1, λ2 >= 0
     objectives.check_normalization(self.loss_normalization)
+    if not self.generator_lr_scale > 0:
+      raise ValueError(f'TrainConfig.generator_lr_scale must be positive, got {self.generator_lr_scale!r}')
     if self.stage2_sc_weight is not None and not self.stage2_sc_weight > 0:
       raise ValueError(f'TrainConfig.stage2_sc_weight must be positive or None (λ2), got {self.stage2_sc_weight!r}')
     span_lengths.max_mlm_positions(self.inputs_length, self.mlm_ratio)  # validates the MLM ratio
@@ -131,10 +137,26 @@ def learning_rate_schedule(base: float, warmup_steps: int) -> Callable[[jax.Arra
   return lambda step: base / jnp.sqrt(jnp.maximum(step.astype(jnp.float32), warmup_steps))
 
 
+def scale_subtree_updates(key: str, scale: float) -> optax.GradientTransformation:
+  """Multiplies the updates of the params under top-level `key` by `scale`; stateless, so it fits both stages."""
+  def update(updates, state, params=None):
+    del params
+    return {k: jax.tree.map(lambda u: u * scale, v) if k == key else v for k, v in updates.items()}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """Adafactor as T5 (decay 0.8, update clipping 1.0, parameter-scale updates, no momentum)."""
-  return optax.adafactor(learning_rate_schedule(config.learning_rate, config.warmup_steps), decay_rate=0.8,
-                         clipping_threshold=1.0, multiply_by_parameter_scale=True, momentum=None)
+  """Adafactor as T5 (decay 0.8, update clipping 1.0, parameter-scale updates, no momentum).
+
+  With generator_lr_scale != 1 the generator's updates are scaled after Adafactor (the optimizer state then has a
+  second, empty entry, so a run keeps one setting from start to end).
+  """
+  adafactor = optax.adafactor(learning_rate_schedule(config.learning_rate, config.warmup_steps), decay_rate=0.8,
+                              clipping_threshold=1.0, multiply_by_parameter_scale=True, momentum=None)
+  if config.generator_lr_scale == 1.0:
+    return adafactor
+  return optax.chain(adafactor, scale_subtree_updates('generator', config.generator_lr_scale))
 
 
 # --- model and state ---------------------------------------------------------------------------------------

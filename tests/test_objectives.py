@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from spactor import checkpointing, flops, objectives, stages
+from spactor import checkpointing, flops, objectives, stages, train, trainer
 
 
 def test_token_cross_entropy_matches_log_softmax():
@@ -175,6 +175,33 @@ def test_stage_switch_keeps_discriminator_and_optimizer_slots_of_kept_params():
   assert int(carried[0].count) == 1
   np.testing.assert_array_equal(carried[0].v_row['encoder']['w'], opt_state[0].v_row['encoder']['w'])
   assert 'generator' not in carried[0].v_row and 'rtd_head' not in carried[0].v
+
+
+def test_generator_lr_scale_scales_only_the_generators_updates_in_both_stages(tmp_path):
+  """G's own step size: its updates are `scale` times those of one shared step size, every other update is
+  unchanged (the shared embedder is D's), and the same optimizer carries across τ into the SC stage."""
+  params = {'token_embedder': {'embedding': jnp.linspace(-1, 1, 256 * 8).reshape(256, 8)},
+            'encoder': {'w': jnp.linspace(0.5, 2, 8 * 20).reshape(8, 20)},
+            'generator': {'w': jnp.linspace(-2, 1, 8 * 30).reshape(8, 30)}, 'rtd_head': {'w': jnp.ones((8,))}}
+  grads = jax.tree.map(lambda p: jnp.cos(p) + 0.1, params)
+
+  def updates(scale):
+    config = train.TrainConfig(model_dir=str(tmp_path), total_steps=4, tau=2, generator_lr_scale=scale)
+    tx = trainer.make_optimizer(config)
+    update, opt_state = tx.update(grads, tx.init(params), params)
+    kept = stages.drop_stage_1_params(params)
+    stage2_update, _ = tx.update(stages.drop_stage_1_params(grads),
+                                 checkpointing.carry_optimizer_state(opt_state, kept, tx), kept)
+    return update, stage2_update
+
+  (plain, plain2), (scaled, scaled2) = updates(1.0), updates(3.0)
+  np.testing.assert_allclose(scaled['generator']['w'], 3.0 * plain['generator']['w'], rtol=1e-6)
+  assert float(jnp.abs(plain['generator']['w']).max()) > 0
+  for name in ('token_embedder', 'encoder', 'rtd_head'):
+    jax.tree.map(np.testing.assert_array_equal, scaled[name], plain[name])
+  jax.tree.map(np.testing.assert_array_equal, scaled2, plain2)
+  with pytest.raises(ValueError, match='generator_lr_scale'):
+    train.TrainConfig(model_dir=str(tmp_path), total_steps=4, tau=2, generator_lr_scale=0.0)
 
 
 def test_flops_of_a_dense_layer_and_attention_by_hand():

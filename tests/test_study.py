@@ -134,3 +134,19 @@ def test_a_study_directory_refuses_other_settings(tmp_path, monkeypatch):
   assert other['lambda1'] == 50.0
   with pytest.raises(ValueError, match=r'other pre-training settings \(lambda1 differ'):
     study.check_same_settings(settings, other)
+
+
+def test_the_old_settings_run_after_ssr(tmp_path, monkeypatch):
+  """An interrupted study lacks the least central comparison: the old-settings runs (and their fine-tuning) come
+  after the SSR students, everything else before."""
+  monkeypatch.chdir(ROOT)
+  settings = study.Settings(workdir=str(tmp_path), doc=None, seeds=(0,), steps=400, tau=200)
+  calls = []
+  study.run(settings, runner=lambda job, log_path: calls.append(job.name))
+  first_ssr = next(i for i, name in enumerate(calls) if name.startswith('ssr:'))
+  old = [i for i, name in enumerate(calls) if '_old' in name]
+  assert calls[:first_ssr] == ['pretrain sc seed 0', 'fine-tune sc_seed0', 'pretrain spactor_tau200 seed 0',
+                               'fine-tune spactor_tau200_seed0', 'pretrain spactor_inf seed 0',
+                               'fine-tune spactor_inf_seed0']
+  assert old == [len(calls) - 2, len(calls) - 1]
+  assert calls[first_ssr:old[0]] == [job.name for job in study.ssr_jobs(settings)]
