@@ -18,20 +18,48 @@ Conventions:
 - Metrics are sums and counts (`*_sum`, `*_count`) so that they average correctly across batches and hosts;
   `summarize` turns them into means.
 """
+import functools
 from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Metrics = dict[str, jax.Array]
 
 
 def token_cross_entropy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, z_loss: float = 0.0):
   """Per-token softmax cross-entropy in float32, plus T5's z-loss on the log-partition."""
-  logits = logits_BxTxV.astype(jnp.float32)
+  return _cross_entropy(logits_BxTxV.astype(jnp.float32), targets_BxT, float(z_loss))
+
+
+def _target_logit(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """logits[..., target] as a masked sum: it fuses with its neighbours, where a gather's gradient is a scatter."""
+  vocab = lax.broadcasted_iota(targets.dtype, logits.shape, logits.ndim - 1)
+  return jnp.sum(jnp.where(vocab == targets[..., None], logits, 0.0), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _cross_entropy(logits: jax.Array, targets: jax.Array, z_loss: float) -> jax.Array:
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets_BxT[..., None], axis=-1)[..., 0]
-  return (log_z - target_logit) + z_loss * jnp.square(log_z)
+  return (log_z - _target_logit(logits, targets)) + z_loss * jnp.square(log_z)
+
+
+def _cross_entropy_fwd(logits, targets, z_loss):
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  return (log_z - _target_logit(logits, targets)) + z_loss * jnp.square(log_z), (logits, targets, log_z)
+
+
+def _cross_entropy_bwd(z_loss, residuals, g):
+  """d/dlogits = softmax·(1 + 2·z_loss·log_z) - one_hot(target), in one elementwise pass (t5x's form)."""
+  logits, targets, log_z = residuals
+  softmax = jnp.exp(logits - log_z[..., None])
+  vocab = lax.broadcasted_iota(targets.dtype, logits.shape, logits.ndim - 1)
+  grad = softmax * (1.0 + 2.0 * z_loss * log_z)[..., None] - (vocab == targets[..., None]).astype(logits.dtype)
+  return g[..., None] * grad, None
+
+
+_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
 
 
 EXAMPLE_SUM, TOKEN_MEAN, BATCH_SUM = 'example_sum', 'token_mean', 'batch_sum'
@@ -57,7 +85,14 @@ def reduce_loss(values_BxN: jax.Array, weights_BxN: jax.Array, normalization: st
 
 
 def _accuracy_sum(logits: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-  return jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
+  """Weighted count of targets whose logit is the row's maximum (an exact tie counts as correct).
+
+  The same as argmax == target but for ties; it shares the maximum with the log-softmax, where argmax's (value,
+  index) reduction over the vocabulary was ~6% of a tiny CPU step.
+  """
+  logits = logits.astype(jnp.float32)
+  correct = _target_logit(logits, targets) >= jnp.max(logits, axis=-1)
+  return jnp.sum(correct * weights)
 
 
 def sc_loss(logits_BxTxV, targets_BxT, weights_BxT, z_loss: float = 1e-4, prefix: str = 'sc',
