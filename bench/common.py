@@ -226,14 +226,16 @@ def vocab_sizes(vocab: SyntheticVocab):
   return trainer.VocabSizes(model=vocab.model_vocab_size, pieces=vocab.vocab_size - vocab.extra_ids)
 
 
-def preset_scope(size: str, version: str = 't5_1_0', dtype: str = 'float32', attention_impl: str = 'plain'):
+def preset_scope(size: str, version: str = 't5_1_0', dtype: str = 'float32', attention_impl: str = 'plain',
+                 remat_policy: str = 'none'):
   """A gin scope in which spactor.config.preset gives this preset, as a run's models/<version>_<size>.gin does.
 
   Scoped bindings leave the process's global gin configuration (and anyone else's bindings) untouched.
   """
   import gin
   with gin.unlock_config():
-    for name, value in (('size', size), ('version', version), ('dtype', dtype), ('attention_impl', attention_impl)):
+    for name, value in (('size', size), ('version', version), ('dtype', dtype), ('attention_impl', attention_impl),
+                        ('remat_policy', remat_policy)):
       gin.bind_parameter(f'spactor_bench/spactor.config.preset.{name}', value)
   return gin.config_scope('spactor_bench')
 
@@ -285,7 +287,7 @@ def tree_bytes(tree) -> int:
 def build_step_benches(size: str, batch_size: int, inputs_length: int, model_vocab: Optional[int] = None,
                        version: str = 't5_1_0', dtype: str = 'float32', stages=('hybrid', 'sc'),
                        seed: int = 0, init_sc_directly: bool = False,
-                       attention_impl: str = 'plain') -> dict[str, StepBench]:
+                       attention_impl: str = 'plain', remat_policy: str = 'none') -> dict[str, StepBench]:
   """Both stages' train steps exactly as spactor.train.run builds them with spactor.trainer (TrainConfig, build_stages,
   make_optimizer, init_state, switch_to_sc, compile_train_step), fed one synthetic batch of the hybrid task's
   model features. The SC stage gets its state by the trainer's own switch at τ, or, with init_sc_directly and
@@ -295,7 +297,7 @@ def build_step_benches(size: str, batch_size: int, inputs_length: int, model_voc
   from spactor import partitioning, trainer as train
 
   vocab = sotu_or_synthetic_vocab(model_vocab)
-  with preset_scope(size, version, dtype, attention_impl):
+  with preset_scope(size, version, dtype, attention_impl, remat_policy):
     config = train.TrainConfig(model_dir='/tmp/spactor_bench', total_steps=10 ** 6, tau=10 ** 5,
                                batch_size=batch_size, inputs_length=inputs_length, corpus='sotu', plot=False)
   stage_defs = train.build_stages(config, vocab_sizes(vocab))

@@ -2,12 +2,13 @@ r"""Memory: peak resident memory of the embedded default run and of a T5-base tr
 
   .venv/bin/python bench/memory.py
   .venv/bin/python bench/memory.py --skip_demo --steps=base:4:128:32128:sc,base:4:128:32128:hybrid
+  .venv/bin/python bench/memory.py --skip_demo --steps=base:8:512:32128:sc:none,base:8:512:32128:sc:full
 
 1. The embedded default, shortened, under `/usr/bin/time -v` (its "Maximum resident set size"):
      .venv/bin/python -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'/tmp/bench_demo'" \
          --gin.TOTAL_STEPS=20 --gin.TAU=10
    (MODEL_DIR is removed first, so the run trains instead of resuming; no persistent compilation cache.)
-2. Train steps (preset:batch:inputs:model_vocab:stage), each in a fresh process: the trainer's own step on a
+2. Train steps (preset:batch:inputs:model_vocab:stage[:remat_policy]), each in a fresh process: the trainer's own step on a
    synthetic batch, run a few times. Reported: the process's peak RSS (VmHWM), its RSS after imports (the
    Python/JAX/TF baseline), the bytes of the train state (params + Adafactor state) and XLA's memory analysis of
    the compiled step (arguments, outputs, temporaries). The SC stage is initialised directly (no generator ever
@@ -57,13 +58,14 @@ def demo_peak_rss(python: str, total_steps: int = 20, tau: int = 10) -> dict:
 
 def step_child(spec: str, runs: int) -> dict:
   """In a fresh process: build one stage's train step, run it, report memory (printed as JSON)."""
-  size, batch, inputs, vocab, stage = spec.split(':')
+  size, batch, inputs, vocab, stage, *remat = spec.split(':')
+  remat_policy = remat[0] if remat else 'none'
   baseline_kib = proc_status_kib('VmRSS')
   import jax  # noqa: F401  (the baseline above is the interpreter and the bench module)
   from spactor import train  # noqa: F401
   imports_kib = proc_status_kib('VmRSS')
   bench = common.build_step_benches(size, int(batch), int(inputs), model_vocab=int(vocab), stages=(stage,),
-                                    init_sc_directly=True)[stage]
+                                    init_sc_directly=True, remat_policy=remat_policy)[stage]
   state_bytes = common.tree_bytes(bench.state)
   params_bytes = common.tree_bytes(bench.state.params)
   after_init_kib = proc_status_kib('VmRSS')
@@ -73,7 +75,7 @@ def step_child(spec: str, runs: int) -> dict:
   step_s = (time.perf_counter() - start) / runs
   from spactor import model as model_lib
   return {
-      'what': f'{size} {stage} train step (batch {batch}, inputs {inputs}, vocab {vocab})',
+      'what': f'{size} {stage} train step (batch {batch}, inputs {inputs}, vocab {vocab}, remat {remat_policy})',
       'params_m': model_lib.param_count(bench.state.params) / 1e6,
       'peak_rss_gib': proc_status_kib('VmHWM') * 1024 / GiB,
       'rss_after_imports_gib': imports_kib * 1024 / GiB, 'rss_at_start_gib': baseline_kib * 1024 / GiB,
@@ -87,7 +89,8 @@ def step_child(spec: str, runs: int) -> dict:
 
 def main(argv=None) -> list[dict]:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--steps', default=DEFAULT_STEPS, help='preset:batch:inputs:model_vocab:stage, comma-sep.')
+  parser.add_argument('--steps', default=DEFAULT_STEPS,
+                      help='preset:batch:inputs:model_vocab:stage[:remat_policy], comma-separated')
   parser.add_argument('--runs', type=int, default=2, help='timed train steps in each step process (after one)')
   parser.add_argument('--skip_demo', action='store_true')
   parser.add_argument('--demo_steps', type=int, default=20)

@@ -29,4 +29,5 @@ run peer_torch
 run data_pipeline
 run ssr_generation
 run memory
+run remat
 echo "tables: $OUT/*.txt"

@@ -16,6 +16,9 @@ DTYPES = ('float32', 'bfloat16')
 # 'dot_product_attention' is jax.nn.dot_product_attention (cuDNN flash attention on a GPU with bf16 activations,
 # XLA's otherwise); 'tpu_flash' is the Pallas TPU flash-attention kernel (on TPU only).
 ATTENTION_IMPLS = ('plain', 'dot_product_attention', 'tpu_flash')
+# t5x's names: 'none' keeps every activation for the backward pass; 'minimal' keeps each layer's projections (the
+# matmuls without batch dimensions) and recomputes the rest; 'full' keeps only each layer's input.
+REMAT_POLICIES = ('none', 'minimal', 'full')
 VERSIONS = ('t5_1_0', 't5_1_1')
 T5_VOCAB_SIZE = 32128  # 32000 pieces + 100 extra ids, rounded up to a multiple of 128 (as t5x)
 
@@ -51,6 +54,7 @@ class T5Config:
   dtype: str = 'float32'  # activation dtype; parameters are always float32
   float32_attention_logits: bool = False
   attention_impl: str = 'plain'  # one of ATTENTION_IMPLS; every one gives the same function of the params
+  remat_policy: str = 'none'  # one of REMAT_POLICIES: memory for recomputation in training; the same gradients
 
   def __post_init__(self):
     # Gin and JSON hand lists over; a tuple keeps the config hashable (a Flax module attribute).
@@ -66,6 +70,8 @@ class T5Config:
       raise ValueError(f'T5Config.dtype must be one of {DTYPES}, got {self.dtype!r}')
     if self.attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f'T5Config.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'T5Config.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}')
     if self.relative_attention_num_buckets < 4:
@@ -152,7 +158,7 @@ def _check_name(kind: str, name: str, known) -> None:
 @gin.configurable(module='spactor.config')
 def preset(size: str = 'tiny', version: str = 't5_1_0', vocab_size: int = T5_VOCAB_SIZE, dtype: str = 'float32',
            dropout_rate: float = 0.0, tied_generator_output: bool = False,
-           attention_impl: str = 'plain') -> SpacTorConfigs:
+           attention_impl: str = 'plain', remat_policy: str = 'none') -> SpacTorConfigs:
   """The configs of a preset size ('micro', 'tiny', 'small', 'base', 'large') and T5 version ('t5_1_0', 't5_1_1').
 
   dropout_rate defaults to 0.0 as in T5 pre-training; fine-tuning usually sets 0.1.
@@ -162,7 +168,7 @@ def preset(size: str = 'tiny', version: str = 't5_1_0', vocab_size: int = T5_VOC
   emb, heads, head_dim, mlp, enc_layers, dec_layers = DISCRIMINATOR_SHAPES[version][size]
   t5 = T5Config(vocab_size=vocab_size, emb_dim=emb, num_heads=heads, head_dim=head_dim, mlp_dim=mlp,
                 num_encoder_layers=enc_layers, num_decoder_layers=dec_layers, dropout_rate=dropout_rate,
-                dtype=dtype, attention_impl=attention_impl, **VERSION_STYLE[version])
+                dtype=dtype, attention_impl=attention_impl, remat_policy=remat_policy, **VERSION_STYLE[version])
   gen_layers, gen_mlp = GENERATOR_SHAPES[size]
   generator = GeneratorConfig(num_layers=gen_layers, mlp_dim=gen_mlp, tied_output=tied_generator_output)
   return SpacTorConfigs(t5, generator, RTDHeadConfig(mlp_dim=mlp))

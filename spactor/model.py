@@ -547,6 +547,17 @@ class DecoderLayer(nn.Module):
     return _residual(x, _mlp(cfg)(y, deterministic), cfg, deterministic)
 
 
+# What a rematerialized layer keeps for the backward pass (T5Config.remat_policy); None: only its inputs.
+REMAT_SAVEABLE = {'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims, 'full': None}
+
+
+def _layer_class(layer: type, cfg: T5Config, static_argnums: Tuple[int, ...]) -> type:
+  """The layer module, wrapped in nn.remat unless cfg.remat_policy is 'none'; parameter names do not change."""
+  if cfg.remat_policy == 'none':
+    return layer
+  return nn.remat(layer, policy=REMAT_SAVEABLE[cfg.remat_policy], static_argnums=static_argnums)
+
+
 class Encoder(nn.Module):
   """Bidirectional stack (D's encoder, and G's body): tokens -> normalized hidden states."""
   config: T5Config
@@ -558,8 +569,9 @@ class Encoder(nn.Module):
     length = tokens.shape[-1]
     relpos_bias = _relpos(cfg)(length, length, bidirectional=True)
     x = dropout(self.shared_embedding(tokens), cfg.dropout_rate, deterministic)
+    layer = _layer_class(EncoderLayer, cfg, static_argnums=(4,))  # `deterministic` (self is 0)
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, relpos_bias, mask, deterministic)
+      x = layer(cfg, name=f'layers_{i}')(x, relpos_bias, mask, deterministic)
     x = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='encoder_norm')(x)
     return dropout(x, cfg.dropout_rate, deterministic, broadcast_length=False)
 
@@ -595,9 +607,11 @@ class Decoder(nn.Module):
       relpos_bias = relpos(length, length, bidirectional=False)
 
     y = dropout(self.shared_embedding(decoder_input_tokens), cfg.dropout_rate, deterministic)
+    # Decoding computes no gradients and writes the cache: no remat there.
+    layer = DecoderLayer if decode else _layer_class(DecoderLayer, cfg, static_argnums=(6, 7))
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(y, encoded, relpos_bias, self_mask, cross_mask, deterministic,
-                                                decode, decode_index)
+      y = layer(cfg, name=f'layers_{i}')(y, encoded, relpos_bias, self_mask, cross_mask, deterministic, decode,
+                                         decode_index)
     y = LayerNorm(dtype=jnp.dtype(cfg.dtype), name='decoder_norm')(y)
     return dropout(y, cfg.dropout_rate, deterministic)
 

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from bench import common, data_pipeline, hybrid_overhead, memory, peer_torch, ssr_generation
+from bench import common, data_pipeline, hybrid_overhead, memory, peer_torch, remat, ssr_generation
 from spactor import config as config_lib, trainer
 
 TINY_VOCAB = '256'  # model vocab rows of the synthetic vocabulary: keeps compiles short
@@ -96,7 +96,8 @@ def test_ssr_generation_cache_and_no_cache_agree():
 
 def test_memory_step_process(tmp_path):
   path = tmp_path / 'memory.json'
-  (row,) = memory.main(['--skip_demo', f'--steps=tiny:2:16:{TINY_VOCAB}:sc', '--runs=1', f'--json={path}'])
+  (row,) = memory.main(['--skip_demo', f'--steps=tiny:2:16:{TINY_VOCAB}:sc:full', '--runs=1', f'--json={path}'])
+  assert 'remat full' in row['what']
   assert row['peak_rss_gib'] >= row['rss_after_imports_gib'] > 0
   assert row['train_state_gib'] > row['params_gib'] > 0
   assert path.exists()
@@ -154,3 +155,12 @@ def test_gpu_suite_dry_run_on_cpu_without_tensorflow(tmp_path):
     assert row['error'] == '' and row['spactor_steps_per_s'] > 0 and row['spactor_compile_s'] > 0
     assert row['hf_mode'] == 'none' and math.isnan(row['hf_torch_steps_per_s'])
   assert '| micro (t5_1_1)' in (tmp_path / 'out' / 'peer_torch_gpu.txt').read_text()
+
+
+def test_remat_keeps_fewer_activations_for_more_flops():
+  """bench/remat.py on the micro preset: each stronger policy keeps fewer forward values and recomputes more."""
+  rows = remat.main(['--size=micro', '--batch=2', '--inputs=32', '--vocab=256', '--stage=hybrid'])
+  kept = [r['residual_gib'] for r in rows]
+  flops = [r['xla_gflops'] for r in rows]
+  assert [r['remat_policy'] for r in rows] == ['none', 'minimal', 'full']
+  assert kept[0] > kept[1] > kept[2] > 0 and flops[0] < flops[1] < flops[2]

@@ -528,3 +528,36 @@ if __name__ == '__main__':
   if sys.argv[1:] != ['--regen-golden']:
     sys.exit(__doc__)
   _regenerate_golden()
+
+
+@pytest.mark.parametrize('policy', ['minimal', 'full'])
+def test_remat_policies_keep_params_and_give_the_same_gradients(policy):
+  """Rematerialized layers (T5Config.remat_policy) have the same parameter names and the same loss and gradients
+  of every head, dropout included (the recomputation must draw the same masks); the backward pass does recompute
+  (a checkpoint in the jaxpr)."""
+  model, variables = stage1('t5_1_1')
+  remat_model = model_lib.SpacTor(*tiny('t5_1_1', dropout_rate=0.1, remat_policy=policy))
+  reference_model = model_lib.SpacTor(*tiny('t5_1_1', dropout_rate=0.1))
+  enc, dec = dummy_inputs()
+  remat_shapes = jax.eval_shape(lambda: remat_model.init(jax.random.PRNGKey(0), enc, dec, dec,
+                                                          method=model_lib.SpacTor.init_all))
+  assert flat_shapes(remat_shapes['params']) == flat_shapes(variables['params'])
+  enc, dec = random_tokens(10, (BATCH, ENC_LEN)), random_tokens(11, (BATCH, DEC_LEN))
+  rng = jax.random.key(3, impl='rbg')
+
+  def loss(module, params):
+    out = _heads(module, {'params': params}, enc, dec, dec, dropout_rng=rng)
+    return sum(jnp.sum(jnp.sin(out[k])) for k in ('logits', 'generator_logits', 'rtd_logits'))
+
+  grad = {name: fast_jit(jax.value_and_grad(functools.partial(loss, module)))(variables['params'])
+          for name, module in (('remat', remat_model), ('reference', reference_model))}
+  np.testing.assert_allclose(grad['remat'][0], grad['reference'][0], rtol=1e-6)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=2e-5), grad['remat'][1],
+               grad['reference'][1])
+  jaxpr = str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat_model)))(variables['params']))
+  assert 'remat' in jaxpr
+
+
+def test_unknown_remat_policy_is_named():
+  with pytest.raises(ValueError, match='remat_policy.*dots'):
+    config_lib.preset('micro', remat_policy='dots')
