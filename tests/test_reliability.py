@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, TAU = 16, 6
 SETTINGS = dict(total_steps=TOTAL, tau=TAU, batch_size=4, inputs_length=32, log_every=1, eval_every=100,
                 eval_batches=1, checkpoint_every=3, keep_checkpoints=3, warmup_steps=10, learning_rate=0.25,
-                plot=False)
+                generator_lr_scale=1.25, plot=False)  # the demo's generator step: its optimizer chain resumes too
 
 
 def command(model_dir) -> list[str]:
@@ -30,6 +30,7 @@ def command(model_dir) -> list[str]:
               'spactor.train.TrainConfig.eval_every': 100, 'spactor.train.TrainConfig.eval_batches': 1,
               'spactor.train.TrainConfig.checkpoint_every': 3, 'spactor.train.TrainConfig.warmup_steps': 10,
               'spactor.train.TrainConfig.learning_rate': SETTINGS['learning_rate'],
+              'spactor.train.TrainConfig.generator_lr_scale': SETTINGS['generator_lr_scale'],
               'spactor.train.TrainConfig.plot': False}
   return [sys.executable, '-m', 'spactor.train', '--gin_file=gin/runs/demo.gin',
           *[f'--gin.{k}={v}' for k, v in bindings.items()]]
