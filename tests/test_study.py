@@ -55,6 +55,8 @@ def test_every_command_builds_its_config(tmp_path, monkeypatch):
       assert config.model_dir == job.model_dir and config.total_steps == job.total_steps
       if job.argv[0] != 'spactor.train':
         assert width == 64  # the micro student
+      if job.argv[0] == 'spactor.finetune':
+        assert config.learning_rate == 0.01  # the micro students' own fine-tuning LR (Settings.ssr_finetune_gin)
   assert [j.label for j in ssr_jobs if j.argv[0] == 'ssr.continual'] == ['ssr', 'ssr', 'sc-cont', 'sc-cont']
 
 
