@@ -37,7 +37,7 @@ demo-ssr: $(VENV)/.installed
 demo-ssr-study: $(VENV)/.installed
 	$(PY) -m ssr.demo --workdir=runs/demo-ssr --generator_study
 
-# The replication study (about an hour of CPU; resumes where it stopped; writes docs/study.md): spactor/study.py.
+# The replication study (about 90 minutes on 2 cores; resumes where it stopped; writes docs/study.md): spactor/study.py.
 study: $(VENV)/.installed
 	$(PY) -m spactor.study --workdir=runs/study --doc=docs/study.md
 

@@ -1,4 +1,4 @@
-r"""`make study`: the small-scale replication study on this CPU, resumable, about an hour on a quiet 2-core machine.
+r"""`make study`: the small-scale replication study on this CPU, resumable, about 90 minutes on a 2-core machine.
 
   python -m spactor.study --workdir=runs/study --doc=docs/study.md
 
