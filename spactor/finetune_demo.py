@@ -76,8 +76,7 @@ def run_demo(config: finetune.FinetuneConfig) -> dict[str, Any]:
       return {}
   results = {
       'task': config.task, 'eval_split': config.eval_split, 'total_steps': config.total_steps,
-      'batch_size': config.batch_size,
-      'learning_rate': config.learning_rate, 'best_metric': config.best_metric,
+      'batch_size': config.batch_size, 'learning_rate': config.learning_rate, 'best_metric': config.best_metric,
       'runs': {start: {'init_checkpoint': s['init_checkpoint'], 'train_loss': s['train_loss'],
                        'first': metrics_of(s['first_eval']), 'final': metrics_of(s['final_eval']),
                        'best': best_of(s, config.best_metric)} for start, s in summaries.items()},

@@ -215,7 +215,8 @@ def markdown(report: dict[str, Any]) -> str:
   for g in table['groups']:
     flops = {k: (v / 1e15 if v is not None else None) for k, v in g['flops_to_target'].items() if k != 'n'}
     flops['n'] = g['flops_to_target']['n']
-    lines.append(f'| {g["label"]} | {_tau(g["tau"])} | {", ".join("-" if s is None else str(s) for s in g["seeds"])} | '
+    seeds = ', '.join('-' if s is None else str(s) for s in g['seeds'])
+    lines.append(f'| {g["label"]} | {_tau(g["tau"])} | {seeds} | '
                  f'{g["reached"]}/{g["runs"]} | {_spread(g["final_loss"])} | '
                  f'{_spread(g["steps_to_target"], "{:.1f}")} | '
                  f'{_spread(flops, "{:.4g}")} | {_spread(g["step_saving"], percent=True)} | '

@@ -87,13 +87,12 @@ def read_run(path: str, label: Optional[str] = None, t5x_shape: Optional['T5xSha
 # --- this project's trainer -------------------------------------------------------------------------------------
 
 
-
 def read_spactor_run(path: str) -> Run:
   records = diagnostics.read_metrics(path)
   summary = read_json(os.path.join(path, 'summary.json')) or {}
   evals, train, gflops = {}, {}, {}
   for r in records:
-    scalars = {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
+    scalars = {k: float(v) for k, v in r.items() if isinstance(v, (int, float))}
     if any(k.startswith('eval/') for k in r):
       evals.setdefault(int(r['step']), {}).update({k: v for k, v in scalars.items() if k.startswith('eval/')})
     if any(k.startswith('train/') for k in r):

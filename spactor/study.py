@@ -4,9 +4,9 @@ r"""`make study`: the small-scale replication study on this CPU, resumable, abou
 
 1. Pre-training with gin/runs/demo.gin and the study's pinned settings (Settings.extra_gin: 800 steps, τ = 500,
    the demo's LR and generator step size, λ1 = 10, MLM ratio 0.15), the same steps for each setting, SEEDS seeds
-   each: the SC baseline (τ = 0), SpacTor(τ), SpacTor(τ = ∞), and SpacTor(τ) with the old settings (per-term token means and a
-   plain L_SC after τ: `--gin.LOSS_NORMALIZATION="'token_mean'" --gin.STAGE2_SC_WEIGHT=1.0`) to show what the
-   fidelity fixes change (run after step 3, so that an interrupted study lacks the least central part).
+   each: the SC baseline (τ = 0), SpacTor(τ), SpacTor(τ = ∞), and SpacTor(τ) with the old settings (per-term
+   token means and a plain L_SC after τ: `--gin.LOSS_NORMALIZATION="'token_mean'" --gin.STAGE2_SC_WEIGHT=1.0`) to
+   show what the fidelity fixes change (run after step 3, so that an interrupted study lacks the least central part).
 2. Each final checkpoint fine-tuned on the embedded downstream task (spactor.downstream.embedded.TASK_NAME) with
    `python -m spactor.finetune` (gin/finetune/rt_polarity.gin + cpu.gin), in <run>/finetune_rt.
 3. SSR the same way (ssr/demo.py's pieces): a tiny generator and a micro student pre-trained with span corruption,
@@ -196,12 +196,19 @@ def demo_defaults(s: Settings) -> tuple[int, int, dict]:
             'stage2_sc_weight', 'learning_rate', 'warmup_steps', 'generator_lr_scale', 'z_loss', 'eval_every',
             'eval_batches')
   settings = {'total_steps': steps, 'tau': tau, 'model': repr(config.model),
-              **{name: getattr(config, name) for name in fields}}
+              **{name: getattr(config, name) for name in fields}, **finetune_settings(s)}
   return steps, tau, settings
 
 
+def finetune_settings(s: Settings) -> dict:
+  """What decides the fine-tuning runs: a finished one is skipped, so these are guarded like pre-training's."""
+  return {'finetune_steps': s.finetune_steps, 'finetune_gin': list(s.finetune_gin + s.extra_finetune_gin),
+          'ssr_finetune_gin': list(s.ssr_finetune_gin)}
+
+
 def check_same_settings(s: Settings, settings: dict) -> None:
-  """A study directory holds one study: resuming it with other pre-training settings would mix runs."""
+  """A study directory holds one study: resuming it with other pre-training or fine-tuning settings would mix
+  runs."""
   path = os.path.join(s.workdir, 'study_settings.json')
   before = read_json(path)
   if before is None:
@@ -210,7 +217,8 @@ def check_same_settings(s: Settings, settings: dict) -> None:
     return
   changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
   if changed:
-    raise UsageError(f'{s.workdir} holds a study run with other pre-training settings ({", ".join(changed)} '
+    what = 'fine-tuning' if set(changed) <= set(finetune_settings(s)) else 'pre-training'
+    raise UsageError(f'{s.workdir} holds a study run with other {what} settings ({", ".join(changed)} '
                      f'differ from {path}); resuming it would mix runs: give another --workdir')
 
 

@@ -424,7 +424,8 @@ def write_summary(config: TrainConfig, stage_defs, timer, metrics_path: str, pre
   ratios = {'hybrid_over_sc_flops': hybrid.flops_per_step / sc.flops_per_step,
             'hybrid_over_sc_flops_paper': hybrid.paper_flops_per_step / sc.paper_flops_per_step}
   settings = {k: getattr(config, k) for k in ('lambda1', 'lambda2', 'loss_normalization', 'sc_weight_after_tau',
-                                              'mlm_ratio', 'learning_rate', 'batch_size')}  # read by spactor.report
+                                              'mlm_ratio', 'learning_rate', 'warmup_steps', 'generator_lr_scale',
+                                              'batch_size')}  # read by spactor.report
   result = {'tau': config.tau, 'total_steps': config.total_steps, 'seed': config.seed, 'settings': settings,
             'preempted': preempted, 'stages': rows,
             'total_pflops': cumulative_flops(config, stage_defs, config.total_steps) / 1e15, **ratios}

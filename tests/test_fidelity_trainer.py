@@ -140,3 +140,13 @@ def test_defaults_are_the_papers_and_the_old_behaviour_is_selectable(tmp_path):
   with pytest.raises(ValueError, match='stage2_sc_weight'):
     config_for(tmp_path, stage2_sc_weight=0.0)
   assert trainer.TrainConfig is train.TrainConfig
+
+
+def test_summary_records_the_settings_the_report_compares(run):
+  """summary.json names the objective's and the optimizer's settings (the report's settings table reads them)."""
+  config, model_dir = run
+  with open(os.path.join(model_dir, 'summary.json')) as f:
+    settings = json.load(f)['settings']
+  assert settings == {'lambda1': 10.0, 'lambda2': 10.0, 'loss_normalization': 'example_sum',
+                      'sc_weight_after_tau': 10.0, 'mlm_ratio': config.mlm_ratio, 'learning_rate': 1.0, 'warmup_steps': 10,
+                      'generator_lr_scale': 1.0, 'batch_size': 4}

@@ -136,6 +136,10 @@ def test_a_study_directory_refuses_other_settings(tmp_path, monkeypatch):
   assert other['lambda1'] == 50.0
   with pytest.raises(ValueError, match=r'other pre-training settings \(lambda1 differ'):
     study.check_same_settings(settings, other)
+  # Finished fine-tuning runs are skipped too, so their settings are held as well.
+  retuned = study.demo_defaults(dataclasses.replace(settings, ssr_finetune_gin=('--gin.LEARNING_RATE=0.001',)))[2]
+  with pytest.raises(ValueError, match=r'other fine-tuning settings \(ssr_finetune_gin differ'):
+    study.check_same_settings(settings, retuned)
 
 
 def test_the_old_settings_run_after_ssr(tmp_path, monkeypatch):
