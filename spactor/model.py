@@ -185,6 +185,30 @@ def _broadcast_batch_bwd(batch: int, _, grad: Array):
 broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
 
 
+@jax.custom_vjp
+def softmax(logits: Array) -> Array:
+  """jax.nn.softmax over the last axis, differentiated from its output alone: dx = y · (g - Σ g·y).
+
+  jax's own derivative of softmax (unless the global flag jax_softmax_custom_jvp is set) differentiates exp / sum
+  and keeps the exponentials and the sum for the backward pass, whose gradient XLA:CPU then computes with extra
+  broadcasts of the sum's reciprocal; this form keeps one tensor, the weights the forward pass wrote anyway.
+  """
+  return jax.nn.softmax(logits)
+
+
+def _softmax_fwd(logits: Array):
+  weights = softmax(logits)
+  return weights, weights
+
+
+def _softmax_bwd(weights: Array, grad: Array):
+  w, g = weights.astype(jnp.float32), grad.astype(jnp.float32)
+  return ((w * (g - jnp.sum(g * w, axis=-1, keepdims=True))).astype(grad.dtype),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 def plain_attention(query: Array, key: Array, value: Array, bias: Optional[Array], mask: AttentionMask, dtype,
                     float32_logits: bool = False, dropout_fn: Optional[Callable[[Array], Array]] = None) -> Array:
   """The reference: [b, q, h, d] queries, [b, k, h, d] keys and values, bias [1|b, h, q, k] -> [b, q, h, d]."""
@@ -196,7 +220,7 @@ def plain_attention(query: Array, key: Array, value: Array, bias: Optional[Array
   for additive in (bias, mask_to_bias(mask.mask, dtype)):
     if additive is not None:
       logits = logits + additive.astype(logits.dtype)
-  weights = jax.nn.softmax(logits).astype(dtype)
+  weights = softmax(logits).astype(dtype)
   if dropout_fn is not None:
     weights = dropout_fn(weights)
   return jnp.einsum('bhqk,bkhd->bqhd', weights, value)

@@ -209,3 +209,27 @@ def test_kv_cache_decoding_matches_plain():
 def test_unknown_attention_impl_is_named():
   with pytest.raises(ValueError, match='attention_impl.*splash'):
     config_lib.preset('micro', attention_impl='splash')
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_softmax_with_its_gradient_from_the_output_matches_autodiff(dtype):
+  """model.softmax's value is jax.nn.softmax's; its gradient y·(g - Σ g·y) is autodiff's of exp / sum, also for
+  masked logits (NEG_INF), a row masked everywhere (uniform weights) and a large logit."""
+  logits = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 5, 6)) * 3
+  logits = logits.at[0, :, :, 4:].set(model_lib.NEG_INF).at[1, 0, 2].set(model_lib.NEG_INF)
+  logits = logits.at[2, 1, 3, 0].set(80.0).astype(dtype)
+  probe = jax.random.normal(jax.random.PRNGKey(1), logits.shape).astype(dtype)
+
+  def value_and_grad(softmax):
+    return jax.value_and_grad(lambda x: jnp.sum(softmax(x).astype(jnp.float32) * probe))(logits)
+
+  (value, grad), (ref_value, ref_grad) = value_and_grad(model_lib.softmax), value_and_grad(jax.nn.softmax)
+  tol = TOL if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(np.asarray(model_lib.softmax(logits), np.float32),
+                             np.asarray(jax.nn.softmax(logits), np.float32), **tol)
+  np.testing.assert_allclose(float(value), float(ref_value), **tol)
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32), **tol)
+  assert grad.dtype == dtype
+  assert np.abs(np.asarray(grad, np.float32)).max() > 0.1  # a gradient to compare
+  np.testing.assert_allclose(np.asarray(grad, np.float32)[0, :, :, 4:], 0.0)  # masked logits get none
+  np.testing.assert_allclose(np.asarray(grad, np.float32).sum(-1), 0.0, atol=1e-5 if dtype == jnp.float32 else 2e-2)
