@@ -173,6 +173,7 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
   partitioning.check_batch_divides(config.batch_size, mesh)
+  partitioning.check_batch_divides(config.eval_batch_size or config.batch_size, mesh, 'FinetuneConfig.eval_batch_size')
 
   # Task, evaluation and input.
   vocab = task_vocabulary(config.task)
@@ -208,8 +209,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   current = {'params': state.params, 'step': start_step}
   eval_batch = config.eval_batch_size or config.batch_size
   predict_fn = finetune_eval.make_predict_fn(stage.module, lambda: current['params'], eval_batch,
-                                             config.targets_length, config.beam_size, config.length_penalty_alpha)
-  score_fn = finetune_eval.make_score_fn(stage.module, lambda: current['params'], eval_batch)
+                                             config.targets_length, config.beam_size, config.length_penalty_alpha,
+                                             sharding=batch_sharding)
+  score_fn = finetune_eval.make_score_fn(stage.module, lambda: current['params'], eval_batch, sharding=batch_sharding)
   read_batch = input_pipeline.batch_reader(train_iter, batch_sharding)
 
   def next_batch():  # counts steps, so an evaluation knows its step

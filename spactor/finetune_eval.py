@@ -2,7 +2,10 @@
 
 - `predict_fn` / `score_fn` are what seqio.Evaluator calls: predictions are greedy (or beam) decodes through the KV
   cache (spactor.beam_search), scores the log-likelihood of the targets (for tasks with score metrics, such as rank
-  classification). The task's own postprocessor and metrics then run in SeqIO, as in t5x.
+  classification). The task's own postprocessor and metrics then run in SeqIO, as in t5x. Given the run's batch
+  sharding, each eval batch is split over the data-parallel devices (every process reads the whole split, as
+  seqio hands it to every process, and gets every row's result back), so evaluation runs data parallel like
+  training instead of every device decoding every row.
 - `BestCheckpoint`: an Orbax CheckpointManager whose best_fn keeps the params of the step with the best value of
   one metric, in `<model_dir>/best/checkpoints/<step>/state` (a run directory of its own, so every loader of project
   checkpoints reads it, and fine-tuning or evaluation can start from it).
@@ -14,6 +17,7 @@ from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 import seqio
@@ -37,6 +41,18 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(x, ((0, rows - x.shape[0]),) + ((0, 0),) * (x.ndim - 1))
 
 
+def _to_devices(x: np.ndarray, sharding: Optional[jax.sharding.Sharding]):
+  """A batch every process holds whole -> a global array split by `sharding` (None: left to jit, replicated)."""
+  if sharding is None:
+    return x
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """Every row of a (possibly multi-process) global array, on every process."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 @functools.lru_cache(maxsize=None)  # one trace per model and setting, across runs in one process (tests, demo)
 def _jitted_decode(module, max_length: int, beam_size: int, alpha: float):
   return jax.jit(functools.partial(beam_search.decode, module, max_length=max_length, beam_size=beam_size,
@@ -49,13 +65,14 @@ def _jitted_score(module):
 
 
 def make_predict_fn(module, params_fn: Callable[[], object], batch_size: int, max_length: int, beam_size: int = 1,
-                    alpha: float = 0.6):
+                    alpha: float = 0.6, sharding: Optional[jax.sharding.Sharding] = None):
   """seqio's predict_fn: (index, decoded tokens) of every example of the eval dataset.
 
   Each row keeps its full length (0 after EOS, as t5x's): seqio stacks the predictions into one array, and its
   vocabularies decode up to EOS.
 
-  params_fn() gives the params to evaluate at call time (the train loop's current ones).
+  params_fn() gives the params to evaluate at call time (the train loop's current ones); `sharding` (the run's
+  batch sharding) splits each batch's rows over the data-parallel devices.
   """
   decode = _jitted_decode(module, max_length, beam_size, alpha)
 
@@ -63,7 +80,8 @@ def make_predict_fn(module, params_fn: Callable[[], object], batch_size: int, ma
     del model_feature_shapes
     params, out = params_fn(), []
     for indices, features in _batches(dataset, batch_size):
-      tokens = np.asarray(decode(params, _pad_rows(features['encoder_input_tokens'], batch_size)))
+      inputs = _to_devices(_pad_rows(features['encoder_input_tokens'], batch_size), sharding)
+      tokens = _to_host(decode(params, inputs))
       out.extend((int(i), row.tolist()) for i, row in zip(indices, tokens))
     return out
 
@@ -79,7 +97,8 @@ def target_log_likelihood(module, params, batch):
   return jnp.sum(token * batch['decoder_loss_weights'].astype(jnp.float32), axis=-1)
 
 
-def make_score_fn(module, params_fn: Callable[[], object], batch_size: int):
+def make_score_fn(module, params_fn: Callable[[], object], batch_size: int,
+                  sharding: Optional[jax.sharding.Sharding] = None):
   """seqio's score_fn: (index, log-likelihood of the targets) of every example of the eval dataset."""
   score = _jitted_score(module)
   keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
@@ -88,7 +107,7 @@ def make_score_fn(module, params_fn: Callable[[], object], batch_size: int):
     del model_feature_shapes
     params, out = params_fn(), []
     for indices, features in _batches(dataset, batch_size):
-      scores = np.asarray(score(params, {k: _pad_rows(features[k], batch_size) for k in keys}))
+      scores = _to_host(score(params, {k: _to_devices(_pad_rows(features[k], batch_size), sharding) for k in keys}))
       out.extend((int(i), float(s)) for i, s in zip(indices, scores))
     return out
 

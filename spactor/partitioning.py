@@ -44,11 +44,11 @@ def make_mesh(num_partitions: int = 1, devices: Optional[Sequence[Any]] = None) 
   return jax.sharding.Mesh(grid, MESH_AXES)
 
 
-def check_batch_divides(batch_size: int, mesh: jax.sharding.Mesh) -> None:
+def check_batch_divides(batch_size: int, mesh: jax.sharding.Mesh, name: str = 'BATCH_SIZE') -> None:
   """A global batch must split evenly over the data-parallel devices and over the processes that feed them."""
   for ways, what in ((mesh.shape['data'], 'data-parallel devices'), (jax.process_count(), 'processes')):
     if batch_size % ways:
-      raise UsageError(f'BATCH_SIZE={batch_size} must be divisible by the {ways} {what}')
+      raise UsageError(f'{name}={batch_size} must be divisible by the {ways} {what}')
 
 
 @contextlib.contextmanager
