@@ -157,7 +157,7 @@ def init_params(config: FinetuneConfig, module, mesh):
   tokens = jnp.ones((1, 8), jnp.int32)
   init = lambda rng: module.init(rng, tokens, tokens, tokens)
   if config.init_checkpoint is None:
-    rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), -1 % (2 ** 31))
+    rng = trainer.rng_stream(jax.random.PRNGKey(config.seed), 'init')
     variables, _ = partitioning.sharded_init(init, mesh, rng)
     return variables['params'], None
   loaded = checkpoint_io.load_params(config.init_checkpoint, module.config, config.init_step)

@@ -19,7 +19,7 @@ import numpy as np
 from spactor import checkpoint_io, checkpointing, cli, input_pipeline, metrics_io, partitioning, tasks
 from spactor import vocab as vocab_lib
 from spactor.trainer import (Cadence, NonFiniteLossError, Stage, TrainConfig, VocabSizes, abstract_state,  # noqa: F401
-                             batch_shapes, build_stages, compile_eval_step, cumulative_flops, init_state,
+                             batch_shapes, build_stages, compile_eval_step, cumulative_flops, init_state, rng_stream,
                              make_optimizer, sum_eval_metrics, switch_to_sc, train_loop, write_summary)
 
 log = logging.getLogger('spactor.train')
@@ -59,7 +59,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   # Restore or init. The state is always initialised as stage 1 and switched, so that D's initial weights do not
   # depend on τ (runs with different τ start from the same discriminator).
   manager = checkpointing.make_manager(config.model_dir, keep=config.keep_checkpoints)
-  init_rng = jax.random.fold_in(base_rng, -1 % (2 ** 31))
+  init_rng = rng_stream(base_rng, 'init')
   with partitioning.logical_context(mesh):
     state = init_state(stage_defs['hybrid'], tx, init_rng, example, mesh)
     sc_template = switch_to_sc(state, tx)
@@ -76,7 +76,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
       state = init_from_checkpoint(state, config, stage_defs['sc'].module.config, tx)
 
   eval_steps = {}
-  eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
+  eval_rng = rng_stream(base_rng, 'eval')
 
   def evaluate(stage: Stage, params) -> dict[str, float]:
     if config.eval_batches == 0:

@@ -246,6 +246,15 @@ def to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
 
 # --- steps -------------------------------------------------------------------------------------------------
 
+# The streams of a run's seed: step t's train RNG folds in t (0, 1, ...); the others fold in a number no step
+# reaches (values kept from the first runs, so their initial weights and eval samples stay reproducible).
+RNG_STREAMS = {'init': 2 ** 31 - 1, 'eval': 2 ** 30}
+
+
+def rng_stream(base_rng, name: str):
+  """The named stream ('init': initial weights, 'eval': evaluation samples) of a run's seed."""
+  return jax.random.fold_in(base_rng, RNG_STREAMS[name])
+
 
 def train_step(state, batch, *, module, loss_fn, tx, base_rng):
   """One optimizer step; the step's RNG is folded from the seed and the step number."""

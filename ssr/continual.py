@@ -322,7 +322,7 @@ def run(config: ContinualConfig) -> dict[str, Any]:
   stage = trainer.Stage(config.objective, module, loss_fn(config.objective, config.z_loss), None,
                         flops.sc_step_flops(t5, lengths, config.batch_size))
   eval_data = validation_batches(config, objective_defs) if config.eval_batches else {}
-  eval_rng = jax.random.fold_in(base_rng, 2 ** 30)
+  eval_rng = trainer.rng_stream(base_rng, 'eval')
   writer = metrics_io.MetricsWriter(config.model_dir, start_step=int(state.step) if restored is not None else None)
   with partitioning.logical_context(mesh):
     state, timer, preempted = trainer.train_loop(
