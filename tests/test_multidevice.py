@@ -114,17 +114,15 @@ def test_evaluation_splits_its_batches_over_data_parallel_devices():
   """Fine-tuning's predict and score functions on a 2 (data) x 2 (model) mesh: each device decodes 2 of a batch's
   4 rows and every row comes back; greedy and beam predictions and scores equal one device's."""
   import json
-  for beam_size in (1, 2):
-    reference = sharded_eval_results(1, sharded=False, beam_size=beam_size)
-    script = ('import json; from tests.test_multidevice import sharded_eval_results; '
-              f'print("RESULT " + json.dumps(sharded_eval_results(2, sharded=True, beam_size={beam_size})))')
-    output, errors = _child_results(script, {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}).communicate(
-        timeout=600)
-    lines = [line for line in output.splitlines() if line.startswith('RESULT ')]
-    assert lines, errors[-3000:]
-    results = json.loads(lines[0][len('RESULT '):])
+  script = ('import json; from tests.test_multidevice import sharded_eval_results; '
+            'print("RESULT " + json.dumps([sharded_eval_results(2, sharded=True, beam_size=b) for b in (1, 2)]))')
+  output, errors = _child_results(script, {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}).communicate(
+      timeout=600)
+  lines = [line for line in output.splitlines() if line.startswith('RESULT ')]
+  assert lines, errors[-3000:]
+  for beam_size, results in zip((1, 2), json.loads(lines[0][len('RESULT '):])):
     assert results['rows_per_device'] == [2]
-    _assert_same_eval(results, reference)
+    _assert_same_eval(results, sharded_eval_results(1, sharded=False, beam_size=beam_size))
 
 
 def test_two_processes_evaluate_their_shares_and_both_get_every_row():
