@@ -19,6 +19,7 @@ TORCH_PY=${SPACTOR_BENCH_PYTHON:-$PY}
 OUT=${OUT:-/tmp/spactor_bench/gpu-$(date +%F)}
 CONFIGS=${CONFIGS:-base:64:512:32128,t5_1_1/base:64:512:32128,small:128:512:32128}
 IMPLS=${IMPLS:-plain,dot_product_attention}
+REMAT=${REMAT:-none}  # T5Config.remat_policy of our steps (a second call: CONFIGS=base:128:512:32128 REMAT=minimal)
 DEVICE=${DEVICE:-gpu} DTYPE=${DTYPE:-bfloat16} PEER=${PEER:-hf}  # DEVICE=cpu PEER=none: the test suite's dry run
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false TF_CPP_MIN_LOG_LEVEL=2
@@ -34,7 +35,7 @@ if ! "$PY" -c 'import gin' 2>/dev/null; then
   fi
 fi
 {
-  echo "== $(date -u +%FT%TZ) gpu_suite: configs $CONFIGS, attention $IMPLS"
+  echo "== $(date -u +%FT%TZ) gpu_suite: configs $CONFIGS, attention $IMPLS, remat $REMAT"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
   "$PY" -c 'import jax, flax, optax; print("jax", jax.__version__, jax.devices(), "flax", flax.__version__)'
   "$TORCH_PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
@@ -42,7 +43,8 @@ fi
 
 start=$SECONDS
 timeout 560 "$PY" bench/peer_torch.py --device="$DEVICE" --dtype="$DTYPE" --peer="$PEER" --torch_python="$TORCH_PY" \
-  --configs="$CONFIGS" --attention_impl="$IMPLS" --reps=5 --steps=5 --json="$OUT/peer_torch_gpu.json" \
+  --configs="$CONFIGS" --attention_impl="$IMPLS" --remat_policy="$REMAT" --reps=5 --steps=5 \
+  --json="$OUT/peer_torch_gpu.json" \
   2> >(tee "$OUT/peer_torch_gpu.stderr" >&2) | tee "$OUT/peer_torch_gpu.txt"
 status=$?
 echo "== peer_torch done in $((SECONDS - start)) s, exit $status" | tee -a "$OUT/log.txt"

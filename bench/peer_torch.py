@@ -223,7 +223,8 @@ def build_ours(version: str, size: str, batch: int, inputs: int, vocab, impls, a
   for impl in impls:
     try:
       ours[impl] = common.build_step_benches(size, batch, inputs, model_vocab=vocab, version=version,
-                                             dtype=args.dtype, stages=('sc',), attention_impl=impl)['sc']
+                                             dtype=args.dtype, stages=('sc',), attention_impl=impl,
+                                             remat_policy=args.remat_policy)['sc']
       ours[impl].run(args.steps)  # warm-up
     except Exception as error:  # reported in the row, with its traceback on stderr
       traceback.print_exc()
@@ -276,7 +277,7 @@ def measure(version: str, size: str, batch: int, inputs: int, vocab, args) -> li
     row = {
         'model': f'{size} ({version})', 'batch': batch, 'inputs': inputs, 'targets': targets,
         'vocab': synthetic.model_vocab_size, 'device': jax.devices()[0].platform, 'dtype': args.dtype,
-        'attention': attention_backend(impl, args.dtype, t5.head_dim),
+        'attention': attention_backend(impl, args.dtype, t5.head_dim), 'remat': args.remat_policy,
         'spactor_steps_per_s': 1 / t_ours, 'hf_torch_steps_per_s': 1 / t_theirs,
         'speedup': t_theirs / t_ours, 'paired_speedup': common.paired_ratio(theirs, times.get(impl, [])),
         'spactor_tokens_per_s': tokens / t_ours, 'hf_torch_tokens_per_s': tokens / t_theirs,
@@ -304,7 +305,7 @@ def measure(version: str, size: str, batch: int, inputs: int, vocab, args) -> li
   return rows
 
 
-COLUMNS = ('model', 'batch', 'inputs', 'vocab', 'device', 'dtype', 'attention', 'hf_mode', 'hf_threads',
+COLUMNS = ('model', 'batch', 'inputs', 'vocab', 'device', 'dtype', 'attention', 'remat', 'hf_mode', 'hf_threads',
            'spactor_steps_per_s', 'hf_torch_steps_per_s', 'speedup', 'spactor_tokens_per_s', 'hf_torch_tokens_per_s',
            'spactor_gflops_per_s', 'spactor_cpu_s_per_step', 'hf_torch_cpu_s_per_step', 'spactor_compile_s',
            'hf_first_step_s')
@@ -329,6 +330,9 @@ def main(argv=None) -> list[dict]:
   parser.add_argument('--attention_impl', default='plain',
                       help='T5Config.attention_impl of our step, comma-separated for one row each (e.g. '
                            'plain,dot_product_attention)')
+  parser.add_argument('--remat_policy', default='none',
+                      help="T5Config.remat_policy of our step ('none', 'minimal', 'full'): for a batch that only "
+                           "fits with it; the peer never rematerializes")
   parser.add_argument('--peer', default='hf', choices=('hf', 'none'), help="'none': measure ours alone")
   parser.add_argument('--worker', default=None, help=argparse.SUPPRESS)
   common.add_common_flags(parser)
@@ -346,6 +350,8 @@ def main(argv=None) -> list[dict]:
   unknown = [impl for impl in args.attention_impl.split(',') if impl not in config_lib.ATTENTION_IMPLS]
   if unknown:
     raise SystemExit(f'--attention_impl: unknown {", ".join(unknown)}; known: {", ".join(config_lib.ATTENTION_IMPLS)}')
+  if args.remat_policy not in config_lib.REMAT_POLICIES:
+    raise SystemExit(f'--remat_policy: unknown {args.remat_policy}; known: {", ".join(config_lib.REMAT_POLICIES)}')
   rows = []
   columns = COLUMNS + (('spactor_mfu', 'hf_torch_mfu') if peak_tflops(args) else ()) + ('error',)
   for version, size, batch, inputs, vocab in parse_configs(args.configs):

@@ -119,6 +119,8 @@ def test_peer_gpu_flags_are_checked_before_any_work(monkeypatch):
   assert os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] == 'false'  # JAX would leave the peer no GPU memory
   with pytest.raises(SystemExit, match='unknown splash.*plain'):
     peer_torch.main(['--attention_impl=plain,splash', f'--configs=micro:1:8:{TINY_VOCAB}'])
+  with pytest.raises(SystemExit, match='remat_policy: unknown some.*minimal'):
+    peer_torch.main(['--remat_policy=some', f'--configs=micro:1:8:{TINY_VOCAB}'])
 
 
 BARE_PYTHON = '''#!/bin/sh
@@ -137,14 +139,14 @@ else:
 
 def test_gpu_suite_dry_run_on_cpu_without_tensorflow(tmp_path):
   """bench/gpu_suite.sh's command line on CPU tiny settings, TensorFlow and SeqIO unimportable: a row per
-  attention implementation, the JSON written, MFU where a peak is known."""
+  attention implementation, the JSON written, MFU where a peak is known, our step with the remat policy asked."""
   import subprocess
   import sys
   bare = tmp_path / 'python'
   bare.write_text(BARE_PYTHON.format(python=sys.executable))
   bare.chmod(0o755)
   env = {**os.environ, 'PY': str(bare), 'OUT': str(tmp_path / 'out'), 'DEVICE': 'cpu', 'DTYPE': 'float32',
-         'PEER': 'none', 'CONFIGS': f't5_1_1/micro:1:8:{TINY_VOCAB}', 'JAX_PLATFORMS': 'cpu'}
+         'PEER': 'none', 'CONFIGS': f't5_1_1/micro:1:8:{TINY_VOCAB}', 'REMAT': 'minimal', 'JAX_PLATFORMS': 'cpu'}
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run(['bash', os.path.join(root, 'bench', 'gpu_suite.sh')], env=env, capture_output=True,
                         text=True, timeout=600)
@@ -153,7 +155,7 @@ def test_gpu_suite_dry_run_on_cpu_without_tensorflow(tmp_path):
   assert [(r['model'], r['attention']) for r in rows] == [('micro (t5_1_1)', 'plain'), ('micro (t5_1_1)', 'dpa:xla')]
   for row in rows:
     assert row['error'] == '' and row['spactor_steps_per_s'] > 0 and row['spactor_compile_s'] > 0
-    assert row['hf_mode'] == 'none' and math.isnan(row['hf_torch_steps_per_s'])
+    assert row['hf_mode'] == 'none' and math.isnan(row['hf_torch_steps_per_s']) and row['remat'] == 'minimal'
   assert '| micro (t5_1_1)' in (tmp_path / 'out' / 'peer_torch_gpu.txt').read_text()
 
 
