@@ -8,8 +8,8 @@ r"""Memory: peak resident memory of the embedded default run and of a T5-base tr
      .venv/bin/python -m spactor.train --gin_file=gin/runs/demo.gin --gin.MODEL_DIR="'/tmp/bench_demo'" \
          --gin.TOTAL_STEPS=20 --gin.TAU=10
    (MODEL_DIR is removed first, so the run trains instead of resuming; no persistent compilation cache.)
-2. Train steps (preset:batch:inputs:model_vocab:stage[:remat_policy]), each in a fresh process: the trainer's own step on a
-   synthetic batch, run a few times. Reported: the process's peak RSS (VmHWM), its RSS after imports (the
+2. Train steps (preset:batch:inputs:model_vocab:stage[:remat_policy]), each in a fresh process: the trainer's own
+   step on a synthetic batch, run a few times. Reported: the process's peak RSS (VmHWM), its RSS after imports (the
    Python/JAX/TF baseline), the bytes of the train state (params + Adafactor state) and XLA's memory analysis of
    the compiled step (arguments, outputs, temporaries). The SC stage is initialised directly (no generator ever
    allocated); the hybrid stage as the trainer does.

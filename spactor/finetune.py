@@ -172,8 +172,9 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   """Fine-tunes to total_steps (or until SIGTERM), evaluating on the way; returns and writes the summary."""
   mesh = partitioning.make_mesh(config.num_partitions)
   batch_sharding = partitioning.batch_sharding(mesh)
+  eval_batch = config.eval_batch_size or config.batch_size
   partitioning.check_batch_divides(config.batch_size, mesh)
-  partitioning.check_batch_divides(config.eval_batch_size or config.batch_size, mesh, 'FinetuneConfig.eval_batch_size')
+  partitioning.check_batch_divides(eval_batch, mesh, 'FinetuneConfig.eval_batch_size')
 
   # Task, evaluation and input.
   vocab = task_vocabulary(config.task)
@@ -207,7 +208,6 @@ def run(config: FinetuneConfig) -> dict[str, Any]:
   if best:  # a restart evaluates the steps after its checkpoint again; a run that restored nothing, every step
     best.forget_after(start_step if restored is not None else -1)
   current = {'params': state.params, 'step': start_step}
-  eval_batch = config.eval_batch_size or config.batch_size
   predict_fn = finetune_eval.make_predict_fn(stage.module, lambda: current['params'], eval_batch,
                                              config.targets_length, config.beam_size, config.length_penalty_alpha,
                                              sharding=batch_sharding)

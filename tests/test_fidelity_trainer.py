@@ -148,5 +148,5 @@ def test_summary_records_the_settings_the_report_compares(run):
   with open(os.path.join(model_dir, 'summary.json')) as f:
     settings = json.load(f)['settings']
   assert settings == {'lambda1': 10.0, 'lambda2': 10.0, 'loss_normalization': 'example_sum',
-                      'sc_weight_after_tau': 10.0, 'mlm_ratio': config.mlm_ratio, 'learning_rate': 1.0, 'warmup_steps': 10,
-                      'generator_lr_scale': 1.0, 'batch_size': 4}
+                      'sc_weight_after_tau': 10.0, 'mlm_ratio': config.mlm_ratio, 'learning_rate': 1.0,
+                      'warmup_steps': 10, 'generator_lr_scale': 1.0, 'batch_size': 4}

@@ -524,12 +524,6 @@ def _regenerate_golden():
       print(f'{path}: {len(shapes)} params, {sum(math.prod(s) for s in shapes.values()):,} scalars')
 
 
-if __name__ == '__main__':
-  if sys.argv[1:] != ['--regen-golden']:
-    sys.exit(__doc__)
-  _regenerate_golden()
-
-
 @pytest.mark.parametrize('policy', ['minimal', 'full'])
 def test_remat_policies_keep_params_and_give_the_same_gradients(policy):
   """Rematerialized layers (T5Config.remat_policy) have the same parameter names and the same loss and gradients
@@ -561,3 +555,9 @@ def test_remat_policies_keep_params_and_give_the_same_gradients(policy):
 def test_unknown_remat_policy_is_named():
   with pytest.raises(ValueError, match='remat_policy.*dots'):
     config_lib.preset('micro', remat_policy='dots')
+
+
+if __name__ == '__main__':
+  if sys.argv[1:] != ['--regen-golden']:
+    sys.exit(__doc__)
+  _regenerate_golden()

@@ -1,4 +1,5 @@
 """The same run on a 4-device (2 data x 2 model) mesh gives the losses of the one-device run."""
+import json
 import os
 import subprocess
 import sys
@@ -67,7 +68,6 @@ def sharded_eval_results(num_partitions: int, sharded: bool, beam_size: int = 1)
   batch split over the data-parallel devices (sharded) or handed to jit whole (not)."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   import tensorflow as tf
   from spactor import config as config_lib, finetune_eval, model as model_lib, partitioning
 
@@ -97,7 +97,7 @@ def sharded_eval_results(num_partitions: int, sharded: bool, beam_size: int = 1)
           'rows_per_device': rows_per_device}
 
 
-def _child_results(script: str, env: dict) -> subprocess.Popen:
+def _start_child(script: str, env: dict) -> subprocess.Popen:
   return subprocess.Popen([sys.executable, '-c', script], cwd=REPO, env={**os.environ, 'JAX_PLATFORMS': 'cpu', **env},
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -113,10 +113,9 @@ def _assert_same_eval(results: dict, reference: dict) -> None:
 def test_evaluation_splits_its_batches_over_data_parallel_devices():
   """Fine-tuning's predict and score functions on a 2 (data) x 2 (model) mesh: each device decodes 2 of a batch's
   4 rows and every row comes back; greedy and beam predictions and scores equal one device's."""
-  import json
   script = ('import json; from tests.test_multidevice import sharded_eval_results; '
             'print("RESULT " + json.dumps([sharded_eval_results(2, sharded=True, beam_size=b) for b in (1, 2)]))')
-  output, errors = _child_results(script, {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}).communicate(
+  output, errors = _start_child(script, {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}).communicate(
       timeout=600)
   lines = [line for line in output.splitlines() if line.startswith('RESULT ')]
   assert lines, errors[-3000:]
@@ -127,10 +126,9 @@ def test_evaluation_splits_its_batches_over_data_parallel_devices():
 
 def test_two_processes_evaluate_their_shares_and_both_get_every_row():
   """jax.distributed with two CPU processes: each holds half of every eval batch; both get all predictions."""
-  import json
   reference = sharded_eval_results(1, sharded=False)
   port = _free_port()
-  procs = [_child_results(
+  procs = [_start_child(
       'import json, jax; '
       f'jax.distributed.initialize("localhost:{port}", num_processes=2, process_id={index}); '
       'from tests.test_multidevice import sharded_eval_results; '
